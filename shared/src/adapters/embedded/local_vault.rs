@@ -1,0 +1,256 @@
+//! AES-256-GCM vault with a local master key.
+//!
+//! The master key comes from `STOCKPULSE_MASTER_KEY` (base64 or hex of 32 bytes) or from
+//! `<data dir>/master.key`, created with mode 0600 on first run. Two subkeys are derived from it
+//! (sealing and fingerprints) so neither use weakens the other. A sealed blob records which master
+//! key sealed it, so a wrong master key is reported as such instead of as garbage.
+//!
+//! Blob layout: `0x01 | key id (8 bytes) | nonce (12 bytes) | ciphertext+tag`, AAD = the binding
+//! (workspace, key id, version).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce};
+use async_trait::async_trait;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::domain::secret::{Credentials, KeyMaterial};
+use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
+
+pub const SCHEME: &str = "local-aes256gcm";
+const FORMAT_V1: u8 = 1;
+const KEY_ID_LEN: usize = 8;
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("STOCKPULSE_MASTER_KEY must be 32 bytes as base64 (44 characters) or hex (64 characters)")]
+    BadEnvValue,
+    #[error("the master key file {path} is not 32 bytes of base64: delete it only if no key was ever stored with it")]
+    BadFile { path: PathBuf },
+    #[error("cannot read or create the master key file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub struct LocalVault {
+    seal_key: Zeroizing<[u8; 32]>,
+    fingerprint_key: Zeroizing<[u8; 32]>,
+    key_id: [u8; KEY_ID_LEN],
+}
+
+impl LocalVault {
+    pub fn from_master_key(master: &[u8; 32]) -> LocalVault {
+        let derive = |label: &[u8]| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master).expect("HMAC takes any key length");
+            mac.update(label);
+            Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()))
+        };
+        let digest = Sha256::digest([b"stockpulse/master-key-id/v1".as_slice(), master].concat());
+        let mut key_id = [0u8; KEY_ID_LEN];
+        key_id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        LocalVault { seal_key: derive(b"stockpulse/seal/v1"), fingerprint_key: derive(b"stockpulse/fingerprint/v1"), key_id }
+    }
+
+    /// The master key from `env_value` if set, else from `<data_dir>/master.key` (created 0600).
+    pub fn load(env_value: Option<&str>, data_dir: &Path) -> Result<LocalVault, MasterKeyError> {
+        let master = match env_value {
+            Some(value) => decode_master(value).ok_or(MasterKeyError::BadEnvValue)?,
+            None => load_or_create_file(&data_dir.join("master.key"))?,
+        };
+        Ok(LocalVault::from_master_key(&master))
+    }
+
+    /// Public id of the master key (not secret; shown in errors and logs).
+    pub fn key_id(&self) -> String {
+        hex::encode(self.key_id)
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(&*self.seal_key).expect("32-byte key")
+    }
+}
+
+fn decode_master(value: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let value = value.trim();
+    let bytes = Zeroizing::new(if value.len() == 64 {
+        hex::decode(value).ok()?
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(value).ok()?
+    });
+    let array: [u8; 32] = bytes.as_slice().try_into().ok()?;
+    Some(Zeroizing::new(array))
+}
+
+fn load_or_create_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, MasterKeyError> {
+    let io = |source| MasterKeyError::Io { path: path.to_owned(), source };
+    match std::fs::read_to_string(path) {
+        Ok(text) => decode_master(&Zeroizing::new(text)).ok_or_else(|| MasterKeyError::BadFile { path: path.to_owned() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            let mut key = Zeroizing::new([0u8; 32]);
+            OsRng.fill_bytes(&mut *key);
+            let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*key));
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            match options.open(path) {
+                Ok(mut file) => {
+                    file.write_all(encoded.as_bytes()).and_then(|_| file.write_all(b"\n")).and_then(|_| file.sync_all()).map_err(io)?;
+                    Ok(key)
+                }
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_file(path),
+                Err(e) => Err(io(e)),
+            }
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[async_trait]
+impl KeyVault for LocalVault {
+    async fn seal(&self, binding: Binding<'_>, credentials: &Credentials) -> Result<SealedMaterial, VaultError> {
+        let plaintext = credentials.to_plaintext();
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let aad = binding.aad();
+        let ciphertext = self
+            .cipher()
+            .encrypt(&Nonce::from(nonce), Payload { msg: &plaintext, aad: &aad })
+            .map_err(|_| VaultError::Unavailable("encryption failed".into()))?;
+        let mut blob = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + ciphertext.len());
+        blob.push(FORMAT_V1);
+        blob.extend_from_slice(&self.key_id);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&ciphertext);
+        Ok(SealedMaterial { scheme: SCHEME.to_owned(), blob })
+    }
+
+    async fn open(&self, binding: Binding<'_>, sealed: &SealedMaterial) -> Result<Credentials, VaultError> {
+        if sealed.scheme != SCHEME {
+            return Err(VaultError::Corrupt(format!("scheme `{}` is not {SCHEME}", sealed.scheme)));
+        }
+        let blob = &sealed.blob;
+        if blob.len() < 1 + KEY_ID_LEN + NONCE_LEN + 16 || blob[0] != FORMAT_V1 {
+            return Err(VaultError::Corrupt("unknown blob format".into()));
+        }
+        let key_id = &blob[1..1 + KEY_ID_LEN];
+        if key_id != self.key_id {
+            return Err(VaultError::WrongMasterKey { sealed_with: hex::encode(key_id), current: self.key_id() });
+        }
+        let nonce = &blob[1 + KEY_ID_LEN..1 + KEY_ID_LEN + NONCE_LEN];
+        let aad = binding.aad();
+        let plaintext = Zeroizing::new(
+            self.cipher()
+                .decrypt(&Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).expect("length checked above")), Payload { msg: &blob[1 + KEY_ID_LEN + NONCE_LEN..], aad: &aad })
+                .map_err(|_| VaultError::NotBound)?,
+        );
+        Credentials::from_plaintext(&plaintext).ok_or_else(|| VaultError::Corrupt("decrypted material is not a credential set".into()))
+    }
+
+    fn fingerprint(&self, value: &KeyMaterial) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&*self.fingerprint_key).expect("HMAC takes any key length");
+        mac.update(value.expose().as_bytes());
+        // 128 bits: plenty to tell keys apart, short enough to read.
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(value: &str) -> Credentials {
+        let mut c = Credentials::new();
+        c.insert("api_key", KeyMaterial::new(value.to_owned()));
+        c
+    }
+
+    const BINDING: Binding<'static> = Binding { workspace: "w1", key_id: "k1", version: 1 };
+
+    #[tokio::test]
+    async fn seal_then_open_round_trips_and_hides_plaintext() {
+        let vault = LocalVault::from_master_key(&[7; 32]);
+        let sealed = vault.seal(BINDING, &creds("canary-vault-roundtrip-1")).await.unwrap();
+        assert!(!sealed.blob.windows(8).any(|w| w == b"canary-v"));
+        let opened = vault.open(BINDING, &sealed).await.unwrap();
+        assert_eq!(opened.get("api_key").unwrap().expose(), "canary-vault-roundtrip-1");
+    }
+
+    #[tokio::test]
+    async fn ciphertext_moved_to_another_record_fails_to_decrypt() {
+        let vault = LocalVault::from_master_key(&[7; 32]);
+        let sealed = vault.seal(BINDING, &creds("canary-vault-moved-2")).await.unwrap();
+        for other in [
+            Binding { workspace: "w2", ..BINDING },
+            Binding { key_id: "k2", ..BINDING },
+            Binding { version: 2, ..BINDING },
+        ] {
+            assert_eq!(vault.open(other, &sealed).await.err(), Some(VaultError::NotBound));
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_master_key_is_a_clear_error() {
+        let sealed = LocalVault::from_master_key(&[7; 32]).seal(BINDING, &creds("canary-vault-wrong-3")).await.unwrap();
+        let other = LocalVault::from_master_key(&[8; 32]);
+        let err = other.open(BINDING, &sealed).await.err().unwrap();
+        assert!(matches!(err, VaultError::WrongMasterKey { .. }), "{err:?}");
+        assert!(err.to_string().contains("master key"));
+    }
+
+    #[tokio::test]
+    async fn tampered_blob_fails_authentication() {
+        let vault = LocalVault::from_master_key(&[7; 32]);
+        let mut sealed = vault.seal(BINDING, &creds("canary-vault-tamper-4")).await.unwrap();
+        let last = sealed.blob.len() - 1;
+        sealed.blob[last] ^= 1;
+        assert_eq!(vault.open(BINDING, &sealed).await.err(), Some(VaultError::NotBound));
+    }
+
+    #[test]
+    fn master_key_file_is_created_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalVault::load(None, dir.path()).unwrap();
+        let b = LocalVault::load(None, dir.path()).unwrap();
+        assert_eq!(a.key_id(), b.key_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn env_master_key_accepts_hex_and_base64_and_refuses_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex_key = "11".repeat(32);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([0x11u8; 32]);
+        let a = LocalVault::load(Some(&hex_key), dir.path()).unwrap();
+        let b = LocalVault::load(Some(&b64), dir.path()).unwrap();
+        assert_eq!(a.key_id(), b.key_id());
+        assert!(matches!(LocalVault::load(Some("short"), dir.path()), Err(MasterKeyError::BadEnvValue)));
+        assert!(!dir.path().join("master.key").exists(), "an env key must not create a file");
+    }
+
+    #[test]
+    fn fingerprints_are_keyed() {
+        let value = KeyMaterial::new("canary-vault-fp-5".into());
+        let a = LocalVault::from_master_key(&[1; 32]).fingerprint(&value);
+        let b = LocalVault::from_master_key(&[2; 32]).fingerprint(&value);
+        assert_ne!(a, b);
+        assert_ne!(a, hex::encode(&Sha256::digest(b"canary-vault-fp-5")[..16]));
+    }
+}

@@ -1,0 +1,7 @@
+//! The embedded backend: one SQLite file (WAL) and a local master key.
+
+pub mod local_vault;
+pub mod sqlite_store;
+
+pub use local_vault::LocalVault;
+pub use sqlite_store::SqliteStore;

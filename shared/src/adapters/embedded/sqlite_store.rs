@@ -1,0 +1,495 @@
+//! SQLite (one file, WAL) implementation of `KeyStore` and `AuditLog`.
+//!
+//! Tables: `keys` (one row per key record, the record as JSON beside the columns that constraints
+//! and queries need), `key_material` (sealed material per key version), `audit` (every field a
+//! column, so an edit of any of them breaks the hash chain), `audit_heads` (per workspace the
+//! newest entry's seq and hash, written in the same transaction as the entry).
+//! Sees sealed material only, never plaintext.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::domain::audit::{AuditDraft, AuditEntry, GENESIS_HASH, Outcome};
+use crate::domain::environment::Environment;
+use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
+use crate::domain::access::Role;
+use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreError};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS keys (
+    workspace   TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    doc         TEXT NOT NULL,
+    PRIMARY KEY (workspace, id),
+    UNIQUE (workspace, provider, environment)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_material (
+    workspace   TEXT NOT NULL,
+    key_id      TEXT NOT NULL,
+    key_version INTEGER NOT NULL,
+    scheme      TEXT NOT NULL,
+    blob        BLOB NOT NULL,
+    PRIMARY KEY (workspace, key_id, key_version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    workspace   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    id          TEXT NOT NULL,
+    time        TEXT NOT NULL,
+    actor_sub   TEXT NOT NULL,
+    actor_email TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    provider    TEXT,
+    environment TEXT,
+    key_id      TEXT,
+    outcome     TEXT NOT NULL,
+    source_ip   TEXT NOT NULL,
+    user_agent  TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    fingerprint TEXT,
+    detail      TEXT,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    PRIMARY KEY (workspace, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_heads (
+    workspace TEXT PRIMARY KEY,
+    seq       INTEGER NOT NULL,
+    hash      TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `work` on the connection off the async threads.
+    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn ts(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn record_doc(record: &KeyRecord) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(corrupt)
+}
+
+fn record_from(workspace: &str, doc: &str) -> Result<KeyRecord, StoreError> {
+    let mut record: KeyRecord = serde_json::from_str(doc).map_err(corrupt)?;
+    record.workspace = workspace.to_owned();
+    Ok(record)
+}
+
+/// Appends `draft` to its workspace's chain inside `tx`.
+fn append_in(tx: &Transaction<'_>, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
+    let head: Option<(u64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit_heads WHERE workspace = ?1", [&draft.workspace], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(unavailable)?;
+    let (seq, prev) = head.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS_HASH.to_owned()));
+    let e = draft.chain(seq, &prev);
+    tx.execute(
+        "INSERT INTO audit (workspace, seq, id, time, actor_sub, actor_email, role, action, provider, environment, key_id,
+                            outcome, source_ip, user_agent, request_id, fingerprint, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+        params![
+            e.workspace,
+            e.seq,
+            e.id,
+            ts(&e.time),
+            e.actor_sub,
+            e.actor_email,
+            e.role.as_str(),
+            e.action,
+            e.provider,
+            e.environment.map(|v| v.as_str()),
+            e.key_id,
+            e.outcome.as_str(),
+            e.source_ip,
+            e.user_agent,
+            e.request_id,
+            e.fingerprint,
+            e.detail,
+            e.prev_hash,
+            e.hash
+        ],
+    )
+    .map_err(unavailable)?;
+    tx.execute(
+        "INSERT INTO audit_heads (workspace, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (workspace) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        params![e.workspace, e.seq, e.hash],
+    )
+    .map_err(unavailable)?;
+    Ok(e)
+}
+
+fn audit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEntry, StoreError>> {
+    let time: String = row.get("time")?;
+    let role: String = row.get("role")?;
+    let outcome: String = row.get("outcome")?;
+    let environment: Option<String> = row.get("environment")?;
+    let build = || -> Result<AuditEntry, StoreError> {
+        Ok(AuditEntry {
+            seq: row.get("seq").map_err(corrupt)?,
+            id: row.get("id").map_err(corrupt)?,
+            time: DateTime::parse_from_rfc3339(&time).map_err(corrupt)?.with_timezone(&Utc),
+            workspace: row.get("workspace").map_err(corrupt)?,
+            actor_sub: row.get("actor_sub").map_err(corrupt)?,
+            actor_email: row.get("actor_email").map_err(corrupt)?,
+            role: Role::parse(&role).ok_or_else(|| corrupt(format!("role `{role}`")))?,
+            action: row.get("action").map_err(corrupt)?,
+            provider: row.get("provider").map_err(corrupt)?,
+            environment: match environment {
+                None => None,
+                Some(e) => Some(Environment::parse(&e).ok_or_else(|| corrupt(format!("environment `{e}`")))?),
+            },
+            key_id: row.get("key_id").map_err(corrupt)?,
+            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt(format!("outcome `{outcome}`")))?,
+            source_ip: row.get("source_ip").map_err(corrupt)?,
+            user_agent: row.get("user_agent").map_err(corrupt)?,
+            request_id: row.get("request_id").map_err(corrupt)?,
+            fingerprint: row.get("fingerprint").map_err(corrupt)?,
+            detail: row.get("detail").map_err(corrupt)?,
+            prev_hash: row.get("prev_hash").map_err(corrupt)?,
+            hash: row.get("hash").map_err(corrupt)?,
+        })
+    };
+    Ok(build())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert(&self, record: &KeyRecord, sealed: &SealedMaterial, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let record = record.clone();
+        let sealed = sealed.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let inserted = tx.execute(
+                "INSERT INTO keys (workspace, id, provider, environment, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![record.workspace, record.id, record.provider, record.environment.as_str(), record.version, record_doc(&record)?],
+            );
+            match inserted {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::SlotTaken),
+                other => other.map_err(unavailable)?,
+            };
+            tx.execute(
+                "INSERT INTO key_material (workspace, key_id, key_version, scheme, blob) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![record.workspace, record.id, record.key_version, sealed.scheme, sealed.blob],
+            )
+            .map_err(unavailable)?;
+            let entry = append_in(&tx, audit)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(entry)
+        })
+        .await
+    }
+
+    async fn get(&self, workspace: &str, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let (workspace, id) = (workspace.to_owned(), id.to_owned());
+        self.run(move |conn| {
+            let doc: Option<String> = conn
+                .query_row("SELECT doc FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| record_from(&workspace, &d)).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, workspace: &str, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError> {
+        let (workspace, after) = (workspace.to_owned(), after.unwrap_or("").to_owned());
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT doc FROM keys WHERE workspace = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+                .map_err(unavailable)?;
+            let docs: Vec<String> = stmt
+                .query_map(params![workspace, after, limit as i64 + 1], |r| r.get(0))
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            let mut items = docs.iter().map(|d| record_from(&workspace, d)).collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|r| r.id.clone())
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn find_slot(&self, workspace: &str, provider: &str, environment: Environment) -> Result<Option<KeyRecord>, StoreError> {
+        let (workspace, provider) = (workspace.to_owned(), provider.to_owned());
+        self.run(move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM keys WHERE workspace = ?1 AND provider = ?2 AND environment = ?3",
+                    params![workspace, provider, environment.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| record_from(&workspace, &d)).transpose()
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        record: &KeyRecord,
+        expected_version: u64,
+        new_material: Option<&SealedMaterial>,
+        audit: AuditDraft,
+    ) -> Result<AuditEntry, StoreError> {
+        let record = record.clone();
+        let material = new_material.cloned();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let changed = tx.execute(
+                "UPDATE keys SET provider = ?3, environment = ?4, version = ?5, doc = ?6
+                 WHERE workspace = ?1 AND id = ?2 AND version = ?7",
+                params![
+                    record.workspace,
+                    record.id,
+                    record.provider,
+                    record.environment.as_str(),
+                    record.version,
+                    record_doc(&record)?,
+                    expected_version
+                ],
+            );
+            let changed = match changed {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::SlotTaken),
+                other => other.map_err(unavailable)?,
+            };
+            if changed == 0 {
+                let exists: bool = tx
+                    .query_row("SELECT 1 FROM keys WHERE workspace = ?1 AND id = ?2", params![record.workspace, record.id], |_| Ok(true))
+                    .optional()
+                    .map_err(unavailable)?
+                    .unwrap_or(false);
+                return Err(if exists { StoreError::VersionMismatch } else { StoreError::NotFound });
+            }
+            if let Some(sealed) = material {
+                tx.execute(
+                    "INSERT INTO key_material (workspace, key_id, key_version, scheme, blob) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![record.workspace, record.id, record.key_version, sealed.scheme, sealed.blob],
+                )
+                .map_err(unavailable)?;
+                tx.execute(
+                    "DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2 AND key_version <> ?3",
+                    params![record.workspace, record.id, record.key_version],
+                )
+                .map_err(unavailable)?;
+            }
+            let entry = append_in(&tx, audit)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(entry)
+        })
+        .await
+    }
+
+    async fn delete(&self, workspace: &str, id: &str, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let (workspace, id) = (workspace.to_owned(), id.to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let current: Option<u64> = tx
+                .query_row("SELECT version FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            match current {
+                None => return Err(StoreError::NotFound),
+                Some(v) if v != expected_version => return Err(StoreError::VersionMismatch),
+                Some(_) => {}
+            }
+            tx.execute("DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2", params![workspace, id]).map_err(unavailable)?;
+            tx.execute("DELETE FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id]).map_err(unavailable)?;
+            let entry = append_in(&tx, audit)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(entry)
+        })
+        .await
+    }
+
+    async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError> {
+        let (workspace, id) = (workspace.to_owned(), id.to_owned());
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT scheme, blob FROM key_material WHERE workspace = ?1 AND key_id = ?2 AND key_version = ?3",
+                params![workspace, id, key_version],
+                |r| Ok(SealedMaterial { scheme: r.get(0)?, blob: r.get(1)? }),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn record_test(
+        &self,
+        workspace: &str,
+        id: &str,
+        result: &TestResult,
+        status: KeyStatus,
+        audit: AuditDraft,
+    ) -> Result<AuditEntry, StoreError> {
+        let (workspace, id, result) = (workspace.to_owned(), id.to_owned(), result.clone());
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let doc: Option<String> = tx
+                .query_row("SELECT doc FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            let mut record = record_from(&workspace, &doc.ok_or(StoreError::NotFound)?)?;
+            record.last_verified_at = Some(result.tested_at);
+            record.last_test = Some(result);
+            record.status = status;
+            tx.execute("UPDATE keys SET doc = ?3 WHERE workspace = ?1 AND id = ?2", params![workspace, id, record_doc(&record)?])
+                .map_err(unavailable)?;
+            let entry = append_in(&tx, audit)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(entry)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteStore {
+    async fn append(&self, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let entry = append_in(&tx, audit)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(entry)
+        })
+        .await
+    }
+
+    async fn list(&self, workspace: &str, filter: &AuditFilter, before: Option<&str>, limit: usize) -> Result<Page<AuditEntry>, StoreError> {
+        let workspace = workspace.to_owned();
+        let filter = filter.clone();
+        let before: Option<u64> = match before {
+            None => None,
+            Some(b) => Some(b.parse().map_err(|_| corrupt("audit cursor"))?),
+        };
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT * FROM audit WHERE workspace = ?1
+                       AND (?2 IS NULL OR seq < ?2)
+                       AND (?3 IS NULL OR action = ?3)
+                       AND (?4 IS NULL OR provider = ?4)
+                       AND (?5 IS NULL OR actor_sub = ?5 OR actor_email = ?5)
+                       AND (?6 IS NULL OR key_id = ?6)
+                       AND (?7 IS NULL OR time >= ?7)
+                       AND (?8 IS NULL OR time < ?8)
+                     ORDER BY seq DESC LIMIT ?9",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        workspace,
+                        before,
+                        filter.action,
+                        filter.provider,
+                        filter.actor,
+                        filter.key_id,
+                        filter.from.as_ref().map(ts),
+                        filter.to.as_ref().map(ts),
+                        limit as i64 + 1
+                    ],
+                    audit_from_row,
+                )
+                .map_err(unavailable)?;
+            let mut items = Vec::new();
+            for row in rows {
+                items.push(row.map_err(unavailable)??);
+            }
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|e| e.seq.to_string())
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn chain_slice(&self, workspace: &str, after_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let workspace = workspace.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT * FROM audit WHERE workspace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .map_err(unavailable)?;
+            let rows = stmt.query_map(params![workspace, after_seq, limit as i64], audit_from_row).map_err(unavailable)?;
+            let mut items = Vec::new();
+            for row in rows {
+                items.push(row.map_err(unavailable)??);
+            }
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn chain_head(&self, workspace: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let workspace = workspace.to_owned();
+        self.run(move |conn| {
+            conn.query_row("SELECT seq, hash FROM audit_heads WHERE workspace = ?1", [workspace], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,79 @@
+//! Configuration, read once at start into a typed struct. Nothing reads the environment later.
+//! The same variable names are used by the Lambdas, the local gateway and the tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::adapters::upstream::UpstreamLimits;
+use crate::domain::catalog::catalog;
+use crate::services::upstreams::Upstreams;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+pub struct Config {
+    /// `STOCKPULSE_DATA_DIR`: SQLite file and master key file of the embedded backend.
+    pub data_dir: PathBuf,
+    /// `STOCKPULSE_MASTER_KEY`: base64 or hex of 32 bytes; else `<data dir>/master.key`.
+    pub master_key: Option<Zeroizing<String>>,
+    /// `STOCKPULSE_UPSTREAM_<PROVIDER>[_<ENVIRONMENT>]`: operator overrides of base URLs.
+    pub upstreams: Upstreams,
+    /// `STOCKPULSE_UPSTREAM_CONNECT_TIMEOUT_MS`, `STOCKPULSE_UPSTREAM_TIMEOUT_MS`.
+    pub upstream_limits: UpstreamLimits,
+    /// `STOCKPULSE_LOG_FORMAT`: `json` (default on Lambda) or `text`.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads the process environment once.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| vars.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        let millis = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            match get(name) {
+                None => Ok(Duration::from_millis(default)),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| ConfigError(format!("{name} must be a positive number of milliseconds"))),
+            }
+        };
+        let on_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
+        let log_format = match get("STOCKPULSE_LOG_FORMAT") {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            None if on_lambda => LogFormat::Json,
+            None => LogFormat::Text,
+            Some(other) => return Err(ConfigError(format!("STOCKPULSE_LOG_FORMAT must be json or text, not `{other}`"))),
+        };
+        let default_dir = if on_lambda { "/tmp/stockpulse" } else { "./data" };
+        let upstreams = Upstreams::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())), |id| catalog().provider(id).is_some())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Config {
+            data_dir: PathBuf::from(get("STOCKPULSE_DATA_DIR").unwrap_or(default_dir)),
+            master_key: get("STOCKPULSE_MASTER_KEY").map(|v| Zeroizing::new(v.to_owned())),
+            upstreams,
+            upstream_limits: UpstreamLimits {
+                connect_timeout: millis("STOCKPULSE_UPSTREAM_CONNECT_TIMEOUT_MS", 5_000)?,
+                total_timeout: millis("STOCKPULSE_UPSTREAM_TIMEOUT_MS", 30_000)?,
+                ..UpstreamLimits::default()
+            },
+            log_format,
+        })
+    }
+}

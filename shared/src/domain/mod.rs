@@ -1,0 +1,11 @@
+//! The domain: pure types and rules. Never imports an AWS crate, reqwest or rusqlite.
+
+pub mod access;
+pub mod audit;
+pub mod catalog;
+pub mod environment;
+pub mod keys;
+pub mod masking;
+pub mod redaction;
+pub mod secret;
+pub mod validation;

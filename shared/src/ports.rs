@@ -1,0 +1,176 @@
+//! Ports: the traits the services need from the outside world. Adapters implement them
+//! (`adapters::embedded` locally, AWS adapters in production); one conformance suite runs against
+//! every implementation.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::audit::{AuditDraft, AuditEntry};
+use crate::domain::environment::Environment;
+use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
+use crate::domain::secret::{Credentials, KeyMaterial};
+
+/// What a ciphertext is bound to. Opening it under any other binding fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding<'a> {
+    pub workspace: &'a str,
+    pub key_id: &'a str,
+    pub version: u32,
+}
+
+impl Binding<'_> {
+    /// Associated data for AEAD: unambiguous because each part is length-prefixed.
+    pub fn aad(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in [self.workspace.as_bytes(), self.key_id.as_bytes(), &self.version.to_be_bytes()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+}
+
+/// Encrypted key material as the vault produced it; opaque to everything but that vault.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedMaterial {
+    /// Which vault scheme wrote it (`local-aes256gcm`, ...).
+    pub scheme: String,
+    pub blob: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VaultError {
+    #[error(
+        "the key material was sealed with master key {sealed_with}, but this server's master key is {current}; start it with the master key the data was written with"
+    )]
+    WrongMasterKey { sealed_with: String, current: String },
+    #[error("the key material does not belong to this record or was altered; it cannot be decrypted")]
+    NotBound,
+    #[error("the stored key material is not in a format this vault reads ({0})")]
+    Corrupt(String),
+    #[error("the key vault is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait KeyVault: Send + Sync {
+    async fn seal(&self, binding: Binding<'_>, credentials: &Credentials) -> Result<SealedMaterial, VaultError>;
+    async fn open(&self, binding: Binding<'_>, sealed: &SealedMaterial) -> Result<Credentials, VaultError>;
+    /// Keyed fingerprint (HMAC-SHA-256, hex) of a credential value: identifies a key in records
+    /// and audit entries without revealing it, and cannot be brute-forced without the server key.
+    fn fingerprint(&self, value: &KeyMaterial) -> String;
+    /// Releases the material of one version (the local vault keeps nothing outside the store).
+    async fn destroy(&self, _binding: Binding<'_>, _sealed: &SealedMaterial) -> Result<(), VaultError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The workspace already has a key for this provider and environment.
+    #[error("a key for this provider and environment already exists")]
+    SlotTaken,
+    /// The record changed since the caller read it (optimistic lock).
+    #[error("the record was changed by someone else")]
+    VersionMismatch,
+    #[error("not found")]
+    NotFound,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store holds data it cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// A page of results and the opaque position after its last item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Key records and their sealed material. Every mutation commits together with its audit entry
+/// (and the audit chain head), or not at all.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn insert(&self, record: &KeyRecord, sealed: &SealedMaterial, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
+    async fn get(&self, workspace: &str, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Records in id order (ids are time-ordered), after the position `after` if given.
+    async fn list(&self, workspace: &str, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError>;
+    async fn find_slot(&self, workspace: &str, provider: &str, environment: Environment) -> Result<Option<KeyRecord>, StoreError>;
+    /// Replaces the record if its stored `version` is still `expected_version`; with new material,
+    /// the material of every other version is removed in the same transaction.
+    async fn update(
+        &self,
+        record: &KeyRecord,
+        expected_version: u64,
+        new_material: Option<&SealedMaterial>,
+        audit: AuditDraft,
+    ) -> Result<AuditEntry, StoreError>;
+    async fn delete(&self, workspace: &str, id: &str, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
+    async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError>;
+    /// Stores a test result (does not change `version`: observations never conflict with edits).
+    async fn record_test(
+        &self,
+        workspace: &str,
+        id: &str,
+        result: &TestResult,
+        status: KeyStatus,
+        audit: AuditDraft,
+    ) -> Result<AuditEntry, StoreError>;
+}
+
+/// Filters of `GET /api/audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub provider: Option<String>,
+    /// Matches the actor's sub or email.
+    pub actor: Option<String>,
+    pub key_id: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends an entry that goes with no mutation (a candidate test, a denied attempt).
+    async fn append(&self, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
+    /// Newest first, before the position `before` if given.
+    async fn list(&self, workspace: &str, filter: &AuditFilter, before: Option<&str>, limit: usize) -> Result<Page<AuditEntry>, StoreError>;
+    /// Entries in ascending `seq` starting after `after_seq`, for verification.
+    async fn chain_slice(&self, workspace: &str, after_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The (seq, hash) of the newest entry as recorded by the store.
+    async fn chain_head(&self, workspace: &str) -> Result<Option<(u64, String)>, StoreError>;
+}
+
+/// One outgoing request to a provider. No `Debug`: its URL or headers carry key material.
+pub struct UpstreamRequest {
+    pub method: http::Method,
+    pub url: url::Url,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    /// At most the client's body limit; longer answers are cut.
+    pub body: Vec<u8>,
+}
+
+/// Why no answer came. Messages never contain the URL (it may carry a key).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    #[error("the request to the provider failed: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait UpstreamClient: Send + Sync {
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError>;
+}

@@ -1,0 +1,343 @@
+//! Key management: create, read, list, edit, delete and test keys of the caller's workspace.
+//!
+//! Every mutation is checked against the catalog, sealed by the vault, and stored together with
+//! its audit entry. Plaintext exists only inside `Credentials` values for the length of a call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::domain::access::{Caller, RequestMeta, Role};
+use crate::domain::audit::{AuditDraft, Outcome, action};
+use crate::domain::catalog::{Catalog, Provider, TestOutcome};
+use crate::domain::environment::Environment;
+use crate::domain::keys::{Actor, IfMatch, KeyRecord, KeyStatus, TestResult};
+use crate::domain::masking::mask;
+use crate::domain::secret::{Credentials, KeyMaterial};
+use crate::domain::validation::{FormatWarning, check_credentials, check_label};
+use crate::ports::{AuditLog, Binding, KeyStore, KeyVault, Page, UpstreamClient};
+
+use super::connection_test::run_test;
+use super::upstreams::Upstreams;
+use super::{ServiceError, cursor};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Catalog id (`openai`, `alpaca`, ...).
+    pub provider: String,
+    #[serde(default = "default_environment")]
+    pub environment: Environment,
+    #[serde(default)]
+    pub label: String,
+    /// Field id → value, as the catalog lists the provider's fields.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub credentials: BTreeMap<String, KeyMaterial>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Moves the key to the other environment slot (409 if that slot is taken).
+    #[serde(default)]
+    pub environment: Option<Environment>,
+    /// Fields to replace; `null` removes an optional field. Unnamed fields keep their value.
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub credentials: Option<BTreeMap<String, Option<KeyMaterial>>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCandidate {
+    pub provider: String,
+    #[serde(default = "default_environment")]
+    pub environment: Environment,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub credentials: BTreeMap<String, KeyMaterial>,
+}
+
+fn default_environment() -> Environment {
+    Environment::Production
+}
+
+/// A saved key and the soft format warnings of its credentials.
+pub struct Saved {
+    pub record: KeyRecord,
+    pub warnings: Vec<FormatWarning>,
+}
+
+pub struct KeyService {
+    pub catalog: &'static Catalog,
+    pub store: Arc<dyn KeyStore>,
+    pub audit: Arc<dyn AuditLog>,
+    pub vault: Arc<dyn KeyVault>,
+    pub upstream: Arc<dyn UpstreamClient>,
+    pub upstreams: Upstreams,
+}
+
+fn credentials_from(map: BTreeMap<String, KeyMaterial>) -> Credentials {
+    let mut credentials = Credentials::new();
+    for (field, value) in map {
+        credentials.insert(field, value);
+    }
+    credentials
+}
+
+impl KeyService {
+    fn provider(&self, id: &str) -> Result<&'static Provider, ServiceError> {
+        self.catalog.provider(id).ok_or_else(|| ServiceError::Unprocessable {
+            code: "unknown_provider",
+            message: format!("`{id}` is not a provider in the catalog; GET /api/providers lists them"),
+            field: Some("provider".into()),
+        })
+    }
+
+    /// Admin-only providers refuse everyone but admins; the refusal is audited.
+    async fn require_provider_access(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        provider: &Provider,
+        environment: Environment,
+        key_id: Option<&str>,
+        action_name: &str,
+    ) -> Result<(), ServiceError> {
+        if !provider.admin_only || caller.role == Role::Admin {
+            return Ok(());
+        }
+        let draft = AuditDraft::new(caller, meta, action_name, Outcome::Denied)
+            .target(&provider.id, environment, key_id)
+            .detail("admin-only provider");
+        self.audit.append(draft).await?;
+        Err(ServiceError::Forbidden {
+            code: "admin_only_provider",
+            message: format!("{} keys can only be managed by workspace admins", provider.name),
+        })
+    }
+
+    fn masks(&self, provider: &Provider, credentials: &Credentials) -> BTreeMap<String, String> {
+        credentials
+            .fields()
+            .map(|(field, value)| {
+                let prefixes = provider.field(field).map(|f| f.format.prefixes.as_slice()).unwrap_or(&[]);
+                (field.to_owned(), mask(value.expose(), prefixes))
+            })
+            .collect()
+    }
+
+    fn fingerprint(&self, provider: &Provider, credentials: &Credentials) -> String {
+        credentials.get(&provider.primary_field().id).map(|v| self.vault.fingerprint(v)).unwrap_or_default()
+    }
+
+    pub async fn create(&self, caller: &Caller, meta: &RequestMeta, input: CreateKey) -> Result<Saved, ServiceError> {
+        let provider = self.provider(&input.provider)?;
+        self.require_provider_access(caller, meta, provider, input.environment, None, action::KEY_CREATE).await?;
+        let label = check_label(&input.label)?;
+        let credentials = credentials_from(input.credentials);
+        let warnings = check_credentials(provider, &credentials)?;
+        if self.store.find_slot(&caller.workspace, &provider.id, input.environment).await?.is_some() {
+            return Err(crate::ports::StoreError::SlotTaken.into());
+        }
+        let now = Utc::now();
+        let actor = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
+        let record = KeyRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            workspace: caller.workspace.clone(),
+            provider: provider.id.clone(),
+            environment: input.environment,
+            label: if label.is_empty() { format!("{} {}", provider.name, input.environment.as_str()) } else { label },
+            masked: self.masks(provider, &credentials),
+            fingerprint: self.fingerprint(provider, &credentials),
+            status: KeyStatus::Active,
+            key_version: 1,
+            version: 1,
+            warnings: warnings.clone(),
+            created_by: actor.clone(),
+            created_at: now,
+            updated_by: actor,
+            updated_at: now,
+            last_used_at: None,
+            last_verified_at: None,
+            last_test: None,
+        };
+        let sealed = self.vault.seal(Binding { workspace: &record.workspace, key_id: &record.id, version: 1 }, &credentials).await?;
+        let draft = AuditDraft::new(caller, meta, action::KEY_CREATE, Outcome::Success)
+            .target(&provider.id, record.environment, Some(&record.id))
+            .fingerprint(&record.fingerprint)
+            .detail(format!("fields: {}", record.masked.keys().cloned().collect::<Vec<_>>().join(",")));
+        self.store.insert(&record, &sealed, draft).await?;
+        tracing::info!(key_id = %record.id, provider = %provider.id, environment = record.environment.as_str(), workspace = %caller.workspace, "key created");
+        Ok(Saved { record, warnings })
+    }
+
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<KeyRecord, ServiceError> {
+        self.store.get(&caller.workspace, id).await?.ok_or_else(ServiceError::key_not_found)
+    }
+
+    pub async fn list(&self, caller: &Caller, cursor_value: Option<&str>, limit: Option<usize>) -> Result<Page<KeyRecord>, ServiceError> {
+        let limit = cursor::limit(limit)?;
+        let after = cursor_value.map(|c| cursor::decode("keys", c)).transpose()?;
+        let page = self.store.list(&caller.workspace, after.as_deref(), limit).await?;
+        Ok(Page { next: page.next.map(|p| cursor::encode("keys", &p)), items: page.items })
+    }
+
+    fn check_if_match(record: &KeyRecord, if_match: Option<IfMatch>) -> Result<(), ServiceError> {
+        match if_match {
+            Some(IfMatch::Version(v)) if v != record.version => Err(ServiceError::PreconditionFailed {
+                code: "version_mismatch",
+                message: format!("If-Match names version {v} but the key is at version {}; reload it and apply your change again", record.version),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        id: &str,
+        if_match: Option<IfMatch>,
+        input: UpdateKey,
+    ) -> Result<Saved, ServiceError> {
+        let current = self.get(caller, id).await?;
+        let provider = self.provider(&current.provider)?;
+        self.require_provider_access(caller, meta, provider, current.environment, Some(id), action::KEY_UPDATE).await?;
+        if input.label.is_none() && input.environment.is_none() && input.credentials.is_none() {
+            return Err(ServiceError::BadRequest {
+                code: "empty_update",
+                message: "send at least one of label, environment or credentials".into(),
+                field: None,
+            });
+        }
+        Self::check_if_match(&current, if_match)?;
+        if current.status == KeyStatus::Revoked {
+            return Err(ServiceError::Conflict { code: "key_revoked", message: "a revoked key cannot be edited; add a new key".into() });
+        }
+        let mut record = current.clone();
+        let mut changed = Vec::new();
+        if let Some(label) = &input.label {
+            let label = check_label(label)?;
+            if label.is_empty() {
+                return Err(ServiceError::Unprocessable { code: "empty_label", message: "label cannot be empty".into(), field: Some("label".into()) });
+            }
+            record.label = label;
+            changed.push("label");
+        }
+        if let Some(environment) = input.environment.filter(|e| *e != current.environment) {
+            if self.store.find_slot(&caller.workspace, &provider.id, environment).await?.is_some() {
+                return Err(crate::ports::StoreError::SlotTaken.into());
+            }
+            record.environment = environment;
+            changed.push("environment");
+        }
+        let mut warnings = record.warnings.clone();
+        let mut sealed = None;
+        if let Some(edits) = input.credentials {
+            let binding = Binding { workspace: &current.workspace, key_id: &current.id, version: current.key_version };
+            let material = self.store.material(&caller.workspace, id, current.key_version).await?.ok_or_else(|| ServiceError::Internal {
+                code: "key_material_missing",
+                message: "the key's material is missing; save the key again".into(),
+            })?;
+            let mut credentials = self.vault.open(binding, &material).await?;
+            for (field, value) in edits {
+                match value {
+                    Some(value) => credentials.insert(field, value),
+                    None => credentials.remove(&field),
+                }
+            }
+            warnings = check_credentials(provider, &credentials)?;
+            record.key_version = current.key_version + 1;
+            record.masked = self.masks(provider, &credentials);
+            record.fingerprint = self.fingerprint(provider, &credentials);
+            record.warnings = warnings.clone();
+            // New material has not been verified yet.
+            record.last_test = None;
+            record.last_verified_at = None;
+            if record.status == KeyStatus::Invalid {
+                record.status = KeyStatus::Active;
+            }
+            let binding = Binding { workspace: &record.workspace, key_id: &record.id, version: record.key_version };
+            sealed = Some(self.vault.seal(binding, &credentials).await?);
+            changed.push("credentials");
+        }
+        record.version = current.version + 1;
+        record.updated_at = Utc::now();
+        record.updated_by = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
+        let draft = AuditDraft::new(caller, meta, action::KEY_UPDATE, Outcome::Success)
+            .target(&provider.id, record.environment, Some(id))
+            .fingerprint(&record.fingerprint)
+            .detail(format!("changed: {}", changed.join(",")));
+        self.store.update(&record, current.version, sealed.as_ref(), draft).await.map_err(|e| match (e, if_match) {
+            // Without If-Match the caller did not ask for a precondition: a lost race is a conflict.
+            (crate::ports::StoreError::VersionMismatch, None) => ServiceError::Conflict {
+                code: "concurrent_update",
+                message: "the key was changed by someone else at the same time; reload it and try again".into(),
+            },
+            (e, _) => e.into(),
+        })?;
+        Ok(Saved { record, warnings })
+    }
+
+    pub async fn delete(&self, caller: &Caller, meta: &RequestMeta, id: &str, if_match: Option<IfMatch>) -> Result<(), ServiceError> {
+        let current = self.get(caller, id).await?;
+        let provider = self.provider(&current.provider)?;
+        self.require_provider_access(caller, meta, provider, current.environment, Some(id), action::KEY_DELETE).await?;
+        Self::check_if_match(&current, if_match)?;
+        let draft = AuditDraft::new(caller, meta, action::KEY_DELETE, Outcome::Success)
+            .target(&provider.id, current.environment, Some(id))
+            .fingerprint(&current.fingerprint);
+        self.store.delete(&caller.workspace, id, current.version, draft).await?;
+        tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key deleted");
+        Ok(())
+    }
+
+    /// Tests a stored key and records the result on it.
+    pub async fn test_stored(&self, caller: &Caller, meta: &RequestMeta, id: &str) -> Result<TestResult, ServiceError> {
+        let current = self.get(caller, id).await?;
+        let provider = self.provider(&current.provider)?;
+        self.require_provider_access(caller, meta, provider, current.environment, Some(id), action::KEY_TEST).await?;
+        if current.status == KeyStatus::Revoked {
+            return Err(ServiceError::Conflict { code: "key_revoked", message: "a revoked key has no material to test".into() });
+        }
+        let material = self.store.material(&caller.workspace, id, current.key_version).await?.ok_or_else(|| ServiceError::Internal {
+            code: "key_material_missing",
+            message: "the key's material is missing; save the key again".into(),
+        })?;
+        let binding = Binding { workspace: &current.workspace, key_id: &current.id, version: current.key_version };
+        let credentials = self.vault.open(binding, &material).await?;
+        let result = run_test(self.upstream.as_ref(), &self.upstreams, provider, current.environment, &credentials).await;
+        drop(credentials);
+        let status = match result.status {
+            TestOutcome::Valid => KeyStatus::Active,
+            TestOutcome::Invalid => KeyStatus::Invalid,
+            _ => current.status,
+        };
+        let draft = AuditDraft::new(caller, meta, action::KEY_TEST, if result.ok { Outcome::Success } else { Outcome::Failure })
+            .target(&provider.id, current.environment, Some(id))
+            .fingerprint(&current.fingerprint)
+            .detail(format!("test: {}", result.status.as_str()));
+        self.store.record_test(&caller.workspace, id, &result, status, draft).await?;
+        Ok(result)
+    }
+
+    /// Tests credentials before they are saved; nothing is stored but the audit entry.
+    pub async fn test_candidate(&self, caller: &Caller, meta: &RequestMeta, input: TestCandidate) -> Result<TestResult, ServiceError> {
+        let provider = self.provider(&input.provider)?;
+        self.require_provider_access(caller, meta, provider, input.environment, None, action::KEY_TEST_CANDIDATE).await?;
+        let credentials = credentials_from(input.credentials);
+        check_credentials(provider, &credentials)?;
+        let result = run_test(self.upstream.as_ref(), &self.upstreams, provider, input.environment, &credentials).await;
+        let draft = AuditDraft::new(caller, meta, action::KEY_TEST_CANDIDATE, if result.ok { Outcome::Success } else { Outcome::Failure })
+            .target(&provider.id, input.environment, None)
+            .fingerprint(&self.fingerprint(provider, &credentials))
+            .detail(format!("test: {}", result.status.as_str()));
+        self.audit.append(draft).await?;
+        Ok(result)
+    }
+}

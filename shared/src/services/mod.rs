@@ -1,0 +1,10 @@
+//! Services: the operations of the product, written against ports only.
+
+pub mod audit;
+pub mod connection_test;
+pub mod cursor;
+pub mod error;
+pub mod keys;
+pub mod upstreams;
+
+pub use error::ServiceError;
