@@ -1,1 +1,6 @@
-fn main() {}
+//! Lambda `providers-list`: see the route table in `stockpulse_shared::http::routes`.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    stockpulse_functions::run("providers-list").await
+}

@@ -1,1 +1,104 @@
-fn main() {}
+//! `stockpulse-local`: the whole product in one process on embedded storage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use stockpulse_local::auth::TokenVerifier;
+use stockpulse_local::{Gateway, serve};
+use stockpulse_shared::app::App;
+use stockpulse_shared::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "stockpulse-local", version, about = "StockPulse Keys: API and web UI in one local process on embedded storage")]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "STOCKPULSE_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Folder for the SQLite database, the master key and the token secret.
+    #[arg(long, env = "STOCKPULSE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Dev mode: enables POST /api/dev/login.
+    #[arg(long, env = "STOCKPULSE_DEV")]
+    dev: bool,
+    /// Folder of the web UI; defaults to frontend/dist, or the placeholder page if it is not built.
+    #[arg(long, env = "STOCKPULSE_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
+    /// Verify RS256 tokens from this JWKS instead of issuing local ones.
+    #[arg(long, env = "STOCKPULSE_JWKS_URL", requires_all = ["jwt_issuer", "jwt_audience"])]
+    jwks_url: Option<String>,
+    #[arg(long, env = "STOCKPULSE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    #[arg(long, env = "STOCKPULSE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("stockpulse-local: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.data_dir = args.data_dir.clone();
+    stockpulse_shared::telemetry::init(config.log_format);
+    match run(args, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stockpulse-local stopped");
+            eprintln!("stockpulse-local: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::embedded(&config)?;
+    let tokens = match (&args.jwks_url, &args.jwt_issuer, &args.jwt_audience) {
+        (Some(url), Some(issuer), Some(audience)) => TokenVerifier::jwks(url, issuer, audience).await?,
+        _ => TokenVerifier::local(&config.data_dir)?,
+    };
+    let static_dir = args.static_dir.unwrap_or_else(|| {
+        let built = PathBuf::from("frontend/dist");
+        if built.join("index.html").exists() { built } else { PathBuf::from("frontend/placeholder") }
+    });
+    let listener = tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let addr = listener.local_addr()?;
+    let gateway = Arc::new(Gateway { app, tokens, dev: args.dev, static_dir: static_dir.clone() });
+    tracing::info!(
+        url = %format!("http://{addr}/"),
+        dev = args.dev,
+        static_dir = %static_dir.display(),
+        data_dir = %config.data_dir.display(),
+        "StockPulse Keys is running at http://{addr}/"
+    );
+    serve(listener, gateway, shutdown_signal()).await?;
+    tracing::info!("stockpulse-local shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received; finishing open requests");
+}

@@ -1,0 +1,237 @@
+//! Token verification for the local gateway, standing in for API Gateway's JWT authorizer.
+//!
+//! Locally issued tokens are HS256 with a secret generated on first run (`<data dir>/jwt.secret`,
+//! mode 0600). With `STOCKPULSE_JWKS_URL` set, tokens are RS256 from that issuer instead (for
+//! example a Cognito user pool), checked for issuer and audience. Claims are flattened to strings
+//! the way API Gateway passes them to a Lambda, then placed in the same request context.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::aead::{OsRng, rand_core::RngCore};
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use serde_json::{Map, Value};
+use stockpulse_shared::domain::access::Role;
+use stockpulse_shared::http::caller::{CLAIM_GROUPS, CLAIM_WORKSPACE};
+use zeroize::Zeroizing;
+
+pub const LOCAL_ISSUER: &str = "stockpulse-local";
+pub const LOCAL_AUDIENCE: &str = "stockpulse-keys";
+/// Dev tokens last a working day.
+pub const DEV_TOKEN_SECONDS: u64 = 12 * 3600;
+
+enum Keys {
+    Local { encoding: EncodingKey, decoding: DecodingKey },
+    Jwks { set: JwkSet },
+}
+
+pub struct TokenVerifier {
+    keys: Keys,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("cannot read or create the token secret {path}: {source}")]
+    Secret { path: String, source: std::io::Error },
+    #[error("cannot load the JWKS from {url}: {reason}")]
+    Jwks { url: String, reason: String },
+    #[error("STOCKPULSE_JWKS_URL needs STOCKPULSE_JWT_ISSUER and STOCKPULSE_JWT_AUDIENCE")]
+    MissingIssuer,
+}
+
+/// Why a token was refused; shown to the caller (it says nothing about the server's keys).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the token has expired; sign in again")]
+    Expired,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the token is for another audience")]
+    WrongAudience,
+    #[error("the token uses an algorithm this server does not accept")]
+    WrongAlgorithm,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's key id is unknown")]
+    UnknownKey,
+}
+
+impl TokenVerifier {
+    /// The HS256 verifier with the secret from `<data dir>/jwt.secret`, created on first run.
+    pub fn local(data_dir: &Path) -> Result<TokenVerifier, AuthSetupError> {
+        let secret = load_or_create_secret(&data_dir.join("jwt.secret"))?;
+        Ok(TokenVerifier {
+            keys: Keys::Local { encoding: EncodingKey::from_secret(&secret), decoding: DecodingKey::from_secret(&secret) },
+            issuer: LOCAL_ISSUER.to_owned(),
+            audience: LOCAL_AUDIENCE.to_owned(),
+        })
+    }
+
+    /// RS256 tokens of an external issuer, keys fetched once from its JWKS URL.
+    pub async fn jwks(url: &str, issuer: &str, audience: &str) -> Result<TokenVerifier, AuthSetupError> {
+        let fail = |reason: String| AuthSetupError::Jwks { url: url.to_owned(), reason };
+        let set: JwkSet = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?
+            .error_for_status()
+            .map_err(|e| fail(e.without_url().to_string()))?
+            .json()
+            .await
+            .map_err(|e| fail(e.without_url().to_string()))?;
+        Ok(TokenVerifier { keys: Keys::Jwks { set }, issuer: issuer.to_owned(), audience: audience.to_owned() })
+    }
+
+    pub fn can_mint(&self) -> bool {
+        matches!(self.keys, Keys::Local { .. })
+    }
+
+    /// Signs a dev token (HS256 mode only).
+    pub fn mint(&self, sub: &str, email: &str, role: Role, workspace: &str) -> Option<(String, u64)> {
+        let Keys::Local { encoding, .. } = &self.keys else { return None };
+        let now = jsonwebtoken::get_current_timestamp();
+        let exp = now + DEV_TOKEN_SECONDS;
+        let claims = serde_json::json!({
+            "sub": sub,
+            "email": email,
+            CLAIM_GROUPS: [role.as_str()],
+            CLAIM_WORKSPACE: workspace,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "token_use": "access",
+            "iat": now,
+            "exp": exp,
+        });
+        encode(&Header::new(Algorithm::HS256), &claims, encoding).ok().map(|t| (t, exp))
+    }
+
+    /// Verifies a bearer token and returns its claims flattened as API Gateway does.
+    pub fn verify(&self, token: &str) -> Result<HashMap<String, String>, TokenError> {
+        let header = decode_header(token).map_err(|e| classify(e.kind()))?;
+        let (key, algorithm) = match &self.keys {
+            Keys::Local { decoding, .. } => (decoding.clone(), Algorithm::HS256),
+            Keys::Jwks { set } => {
+                let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+                let jwk = set.find(kid).ok_or(TokenError::UnknownKey)?;
+                (DecodingKey::from_jwk(jwk).map_err(|_| TokenError::UnknownKey)?, Algorithm::RS256)
+            }
+        };
+        if header.alg != algorithm {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        let data = decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| classify(e.kind()))?;
+        Ok(flatten(data.claims))
+    }
+}
+
+fn classify(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm | ErrorKind::UnsupportedAlgorithm => {
+            TokenError::WrongAlgorithm
+        }
+        _ => TokenError::Malformed,
+    }
+}
+
+/// API Gateway's flattening: strings stay, arrays become `[a b]`, everything else its JSON text.
+pub fn flatten(claims: Map<String, Value>) -> HashMap<String, String> {
+    claims
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(s) => s,
+                Value::Array(items) => format!(
+                    "[{}]",
+                    items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(" ")
+                ),
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect()
+}
+
+fn load_or_create_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuthSetupError> {
+    let fail = |source| AuthSetupError::Secret { path: path.display().to_string(), source };
+    match std::fs::read_to_string(path) {
+        Ok(text) => base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .filter(|b| b.len() >= 32)
+            .map(Zeroizing::new)
+            .ok_or_else(|| fail(std::io::Error::other("not base64 of at least 32 bytes"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(fail)?;
+            }
+            let mut secret = Zeroizing::new(vec![0u8; 32]);
+            OsRng.fill_bytes(&mut secret);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            match options.open(path) {
+                Ok(mut file) => {
+                    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*secret));
+                    file.write_all(encoded.as_bytes()).and_then(|_| file.write_all(b"\n")).map_err(fail)?;
+                    Ok(secret)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_secret(path),
+                Err(e) => Err(fail(e)),
+            }
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_and_flatten_like_api_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let verifier = TokenVerifier::local(dir.path()).unwrap();
+        let (token, _) = verifier.mint("u1", "a@example.com", Role::Member, "w1").unwrap();
+        let claims = verifier.verify(&token).unwrap();
+        assert_eq!(claims["cognito:groups"], "[member]");
+        assert_eq!(claims["custom:workspace"], "w1");
+        assert_eq!(claims["email"], "a@example.com");
+        // The same secret is reused after a restart.
+        assert!(TokenVerifier::local(dir.path()).unwrap().verify(&token).is_ok());
+        // Another data dir, another secret.
+        let other = TokenVerifier::local(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_eq!(other.verify(&token), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn alg_none_and_garbage_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let verifier = TokenVerifier::local(dir.path()).unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), b64.encode(r#"{"sub":"u","exp":9999999999}"#));
+        assert!(verifier.verify(&none).is_err());
+        assert_eq!(verifier.verify("not-a-token"), Err(TokenError::Malformed));
+    }
+}
