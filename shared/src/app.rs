@@ -24,7 +24,8 @@ impl App {
     /// The embedded backend: SQLite in the data directory and the local master key vault.
     pub fn embedded(config: &Config) -> Result<App, StartupError> {
         let store = Arc::new(SqliteStore::open(&config.data_dir.join("stockpulse.db")).map_err(|e| StartupError(e.to_string()))?);
-        let vault = LocalVault::load(config.master_key.as_deref().map(String::as_str), &config.data_dir).map_err(|e| StartupError(e.to_string()))?;
+        let vault = LocalVault::load(config.master_key.as_deref().map(String::as_str), &config.data_dir)
+            .map_err(|e| StartupError(e.to_string()))?;
         tracing::info!(master_key_id = %vault.key_id(), data_dir = %config.data_dir.display(), "embedded backend ready");
         let upstream = ReqwestUpstream::new(config.upstream_limits).map_err(|e| StartupError(e.to_string()))?;
         Ok(App {

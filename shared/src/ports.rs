@@ -136,7 +136,8 @@ pub trait AuditLog: Send + Sync {
     /// Appends an entry that goes with no mutation (a candidate test, a denied attempt).
     async fn append(&self, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
     /// Newest first, before the position `before` if given.
-    async fn list(&self, workspace: &str, filter: &AuditFilter, before: Option<&str>, limit: usize) -> Result<Page<AuditEntry>, StoreError>;
+    async fn list(&self, workspace: &str, filter: &AuditFilter, before: Option<&str>, limit: usize)
+    -> Result<Page<AuditEntry>, StoreError>;
     /// Entries in ascending `seq` starting after `after_seq`, for verification.
     async fn chain_slice(&self, workspace: &str, after_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// The (seq, hash) of the newest entry as recorded by the store.

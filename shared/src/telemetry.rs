@@ -6,9 +6,24 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
+/// HTTP client and TLS internals stay at `warn` whatever `RUST_LOG` asks: at debug level they
+/// would log outgoing request lines, and a provider URL can carry a key in its query.
+pub const QUIET_INTERNALS: [&str; 5] = ["reqwest=warn", "hyper=warn", "hyper_util=warn", "h2=warn", "rustls=warn"];
+
+/// The log filter: `RUST_LOG` (default `info`) with the HTTP internals kept quiet.
+pub fn filter(default: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    for directive in QUIET_INTERNALS {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// Installs the global subscriber.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter("info");
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let _ = match format {

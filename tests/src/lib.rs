@@ -1,0 +1,276 @@
+//! Test harness for the cross-component tests: a real local gateway on loopback (in process, so
+//! its log lines are captured), an HTTP client that records every answer, canary keys, and
+//! helpers to make tokens of every kind. Everything a test produces lands under the artifacts
+//! folder, which the canary scan reads after the whole run.
+
+pub mod canary;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use stockpulse_local::Gateway;
+use stockpulse_local::auth::{LOCAL_AUDIENCE, LOCAL_ISSUER, TokenVerifier};
+use stockpulse_shared::app::App;
+use stockpulse_shared::config::Config;
+
+pub use canary::canary;
+
+/// Where tests leave what the canary scan reads: `STOCKPULSE_TEST_ARTIFACTS`, or
+/// `target/test-artifacts` of the workspace.
+pub fn artifacts_dir() -> PathBuf {
+    std::env::var_os("STOCKPULSE_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-artifacts")))
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Sends every log line of this test process, at debug level, to a JSON-lines file in the
+/// artifacts folder.
+pub fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = artifacts_dir().join("logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let file = std::fs::File::create(dir.join(format!("tests-{}.jsonl", std::process::id()))).expect("log file");
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_writer(Mutex::new(file))
+            .with_env_filter(stockpulse_shared::telemetry::filter("debug"))
+            .try_init();
+    });
+}
+
+/// A running gateway on 127.0.0.1 with its own data folder (kept for the canary scan).
+pub struct TestServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default, Clone)]
+pub struct ServerOptions {
+    /// Extra configuration variables (`STOCKPULSE_UPSTREAM_OPENAI`, `STOCKPULSE_MASTER_KEY`, ...).
+    pub vars: BTreeMap<String, String>,
+    /// Reuse this data folder (restart scenarios); else a fresh one.
+    pub data_dir: Option<PathBuf>,
+    /// Dev mode off: `/api/dev/login` does not exist.
+    pub no_dev: bool,
+}
+
+impl ServerOptions {
+    pub fn upstream(mut self, provider: &str, url: &str) -> Self {
+        self.vars.insert(format!("STOCKPULSE_UPSTREAM_{}", provider.to_ascii_uppercase()), url.to_owned());
+        self
+    }
+
+    pub fn var(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_owned(), value.to_owned());
+        self
+    }
+}
+
+pub fn fresh_data_dir() -> PathBuf {
+    let dir = artifacts_dir().join("data").join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).expect("data dir");
+    dir
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(ServerOptions::default()).await
+    }
+
+    /// Builds the app the way `stockpulse-local` does and serves it on a free loopback port.
+    pub async fn start_with(options: ServerOptions) -> TestServer {
+        init_logging();
+        let data_dir = options.data_dir.clone().unwrap_or_else(fresh_data_dir);
+        let mut vars = options.vars.clone();
+        vars.insert("STOCKPULSE_DATA_DIR".into(), data_dir.display().to_string());
+        let config = Config::from_vars(&vars).expect("test configuration");
+        let app = App::embedded(&config).expect("app");
+        let tokens = TokenVerifier::local(&data_dir).expect("token verifier");
+        let gateway = Arc::new(Gateway { app, tokens, dev: !options.no_dev, static_dir: workspace_root().join("frontend/placeholder") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            stockpulse_local::serve(listener, gateway, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        TestServer { url: url.clone(), data_dir, client: Client::new(&url), stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the server and waits until it has closed its database.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// A dev token through `POST /api/dev/login`.
+    pub async fn token(&self, role: &str, workspace: &str) -> String {
+        let email = format!("{role}@{workspace}.example.com");
+        let answer = self.client.post_json("/api/dev/login", None, &json!({"email": email, "role": role, "workspace": workspace})).await;
+        assert_eq!(answer.status, 200, "dev login: {}", answer.text);
+        answer.json["token"].as_str().expect("token").to_owned()
+    }
+
+    /// The HS256 secret of this server's data folder, to forge tokens of every kind.
+    pub fn jwt_secret(&self) -> Vec<u8> {
+        use base64::Engine;
+        let text = std::fs::read_to_string(self.data_dir.join("jwt.secret")).expect("jwt.secret");
+        base64::engine::general_purpose::STANDARD.decode(text.trim()).expect("secret is base64")
+    }
+
+    /// Signs arbitrary claims with this server's secret (for expired, wrong-issuer... tokens).
+    pub fn sign(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(&self.jwt_secret())).expect("sign")
+    }
+
+    /// Standard claims for `role` in `workspace`, valid for an hour.
+    pub fn claims(role: &str, workspace: &str) -> Value {
+        let now = jsonwebtoken::get_current_timestamp();
+        json!({
+            "sub": format!("forged-{role}"), "email": format!("{role}@{workspace}.example.com"),
+            "cognito:groups": [role], "custom:workspace": workspace,
+            "iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "iat": now, "exp": now + 3600,
+        })
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("stockpulse.db")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One HTTP answer, decoded.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error code of an envelope answer.
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// An HTTP client that writes every answer (status, headers, body) to the artifacts folder.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+fn http_log() -> &'static Mutex<std::fs::File> {
+    static LOG: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let dir = artifacts_dir().join("http");
+        std::fs::create_dir_all(&dir).expect("http dir");
+        Mutex::new(std::fs::File::create(dir.join(format!("answers-{}.log", std::process::id()))).expect("http log"))
+    })
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.to_owned(),
+            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let mut builder = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            builder = builder.bearer_auth(token);
+        }
+        builder
+    }
+
+    /// Sends and records the answer.
+    pub async fn send(&self, builder: reqwest::RequestBuilder) -> Answer {
+        let response = builder.send().await.expect("request reached the server");
+        record_answer(response).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.send(self.request(reqwest::Method::GET, path, token)).await
+    }
+
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Answer {
+        self.send(self.request(reqwest::Method::POST, path, token).json(body)).await
+    }
+
+    pub async fn patch_json(&self, path: &str, token: Option<&str>, if_match: Option<&str>, body: &Value) -> Answer {
+        let mut builder = self.request(reqwest::Method::PATCH, path, token).json(body);
+        if let Some(etag) = if_match {
+            builder = builder.header("if-match", etag);
+        }
+        self.send(builder).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>, if_match: Option<&str>) -> Answer {
+        let mut builder = self.request(reqwest::Method::DELETE, path, token);
+        if let Some(etag) = if_match {
+            builder = builder.header("if-match", etag);
+        }
+        self.send(builder).await
+    }
+}
+
+pub async fn record_answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let url_path = response.url().path().to_owned();
+    let text = response.text().await.expect("body");
+    {
+        let mut log = http_log().lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(log, "{status} {url_path}");
+        for (name, value) in &headers {
+            let _ = writeln!(log, "{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+        }
+        let _ = writeln!(log, "\n{text}\n");
+    }
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, headers, text, json }
+}
+
+/// Reads `path` of the workspace root as text.
+pub fn read_workspace_file(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(workspace_root().join(path)).expect("workspace file")
+}

@@ -34,20 +34,32 @@ pub fn handle(gateway: &Gateway, headers: &http::HeaderMap, body: &[u8], request
 fn login(gateway: &Gateway, headers: &http::HeaderMap, body: &[u8]) -> Result<DevToken, ApiError> {
     let json = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     if !json {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send JSON with Content-Type: application/json"));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json",
+        ));
     }
     let input: DevLogin = serde_json::from_slice(body).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "send {\"email\": \"...\", \"role\": \"admin|member|viewer\", \"workspace\": \"...\"}")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "send {\"email\": \"...\", \"role\": \"admin|member|viewer\", \"workspace\": \"...\"}",
+        )
     })?;
     let email = input.email.trim();
     if email.len() > 254 || !email.contains('@') || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email", "email must look like name@example.com").field("email"));
+        return Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email", "email must look like name@example.com").field("email")
+        );
     }
-    let role = Role::parse(&input.role)
-        .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role", "role must be admin, member or viewer").field("role"))?;
+    let role = Role::parse(&input.role).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role", "role must be admin, member or viewer").field("role")
+    })?;
     let workspace = input.workspace.trim();
     if workspace.is_empty() || workspace.len() > 64 || !workspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workspace", "workspace must be 1-64 letters, digits, - or _").field("workspace"));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_workspace", "workspace must be 1-64 letters, digits, - or _")
+            .field("workspace"));
     }
     // The same email always gets the same subject, so audit entries line up across sign-ins.
     let sub = format!("dev-{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, email.to_ascii_lowercase().as_bytes()));

@@ -58,7 +58,8 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
     let bytes = match to_bytes(body, MAX_GATEWAY_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            let error = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is larger than the gateway accepts (6 MiB)");
+            let error =
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is larger than the gateway accepts (6 MiB)");
             return to_axum(error_response(&error, &request_id));
         }
     };
@@ -86,7 +87,9 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
         if let Access::AtLeast(_) = route.access {
             let token = bearer(&parts.headers);
             let claims = match token.map(|t| gateway.tokens.verify(t)) {
-                None => return to_axum(error_response(&ApiError::unauthenticated("sign in: send Authorization: Bearer <token>"), &request_id)),
+                None => {
+                    return to_axum(error_response(&ApiError::unauthenticated("sign in: send Authorization: Bearer <token>"), &request_id));
+                }
                 Some(Err(e)) => {
                     let error = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string());
                     return to_axum(error_response(&error, &request_id));
@@ -107,7 +110,10 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
     }
     let body = if bytes.is_empty() { LambdaBody::Empty } else { LambdaBody::Binary(bytes.to_vec()) };
     let Ok(request) = builder.body(body) else {
-        return to_axum(error_response(&ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be read"), &request_id));
+        return to_axum(error_response(
+            &ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be read"),
+            &request_id,
+        ));
     };
     let request = request.with_request_context(RequestContext::ApiGatewayV2(context));
     to_axum(stockpulse_shared::http::route_request(&gateway.app, request).await)
@@ -132,6 +138,10 @@ fn to_axum(response: http::Response<LambdaBody>) -> Response {
 }
 
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains open requests.
-pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router(gateway).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
 }

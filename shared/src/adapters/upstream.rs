@@ -16,7 +16,11 @@ pub struct UpstreamLimits {
 
 impl Default for UpstreamLimits {
     fn default() -> Self {
-        UpstreamLimits { connect_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(30), max_response_bytes: 6 * 1024 * 1024 }
+        UpstreamLimits {
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            max_response_bytes: 6 * 1024 * 1024,
+        }
     }
 }
 

@@ -37,13 +37,7 @@ impl Role {
         let names: Vec<String> = if trimmed.starts_with("[\"") {
             serde_json::from_str::<Vec<String>>(trimmed).unwrap_or_default()
         } else {
-            trimmed
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .split([' ', ','])
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
+            trimmed.trim_start_matches('[').trim_end_matches(']').split([' ', ',']).filter(|s| !s.is_empty()).map(str::to_owned).collect()
         };
         names.iter().filter_map(|n| Role::parse(n)).max()
     }

@@ -413,7 +413,10 @@ mod tests {
     fn incoherent_catalogs_are_refused() {
         let good = CATALOG_TOML;
         assert!(Catalog::parse(&good.replacen("id = \"openai\"", "id = \"OpenAI\"", 1)).is_err());
-        assert!(Catalog::parse(&good.replacen("base_url = \"https://api.openai.com/v1\"", "base_url = \"http://api.openai.com/v1\"", 1)).is_err());
+        assert!(
+            Catalog::parse(&good.replacen("base_url = \"https://api.openai.com/v1\"", "base_url = \"http://api.openai.com/v1\"", 1))
+                .is_err()
+        );
         assert!(Catalog::parse(&format!("{good}\nsurprise = 1\n")).is_err());
     }
 }

@@ -34,9 +34,7 @@ impl KeyStatus {
     }
 
     pub fn parse(value: &str) -> Option<KeyStatus> {
-        [KeyStatus::Active, KeyStatus::Pending, KeyStatus::Invalid, KeyStatus::Revoked]
-            .into_iter()
-            .find(|s| s.as_str() == value)
+        [KeyStatus::Active, KeyStatus::Pending, KeyStatus::Invalid, KeyStatus::Revoked].into_iter().find(|s| s.as_str() == value)
     }
 }
 

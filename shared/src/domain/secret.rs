@@ -84,9 +84,8 @@ impl Credentials {
     /// Reverse of [`Credentials::to_plaintext`]; `None` if the bytes are not such an object.
     pub fn from_plaintext(plaintext: &[u8]) -> Option<Credentials> {
         let mut map: BTreeMap<String, String> = serde_json::from_slice(plaintext).ok()?;
-        let credentials = Credentials(
-            std::mem::take(&mut map).into_iter().map(|(field, value)| (field, KeyMaterial::new(value))).collect(),
-        );
+        let credentials =
+            Credentials(std::mem::take(&mut map).into_iter().map(|(field, value)| (field, KeyMaterial::new(value))).collect());
         Some(credentials)
     }
 

@@ -38,7 +38,9 @@ async fn serve(app: &App, routes: impl Iterator<Item = &'static Route>, req: Req
                 ..ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("this path takes {}", methods.join(", ")))
             }),
         ),
-        RouteMatch::NotFound => ("-", Err(ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such API route; GET /api/openapi.json lists them"))),
+        RouteMatch::NotFound => {
+            ("-", Err(ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such API route; GET /api/openapi.json lists them")))
+        }
     };
     let response = result.unwrap_or_else(|e| error_response(&e, &meta.request_id));
     let status = response.status().as_u16();
@@ -52,7 +54,13 @@ async fn serve(app: &App, routes: impl Iterator<Item = &'static Route>, req: Req
     response
 }
 
-async fn run(app: &App, route: &'static Route, params: Vec<(&'static str, String)>, req: Request, meta: crate::domain::access::RequestMeta) -> Result<Response<Body>, ApiError> {
+async fn run(
+    app: &App,
+    route: &'static Route,
+    params: Vec<(&'static str, String)>,
+    req: Request,
+    meta: crate::domain::access::RequestMeta,
+) -> Result<Response<Body>, ApiError> {
     let who = match route.access {
         Access::Public => None,
         Access::AtLeast(role) => {

@@ -93,10 +93,9 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T, request_id: &st
     // Our own answer types always serialize; a failure would be a bug, answered as a plain 500.
     let (status, text) = match serde_json::to_string(body) {
         Ok(text) => (status, text),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":{"code":"internal","message":"the answer could not be encoded"}}"#.to_owned(),
-        ),
+        Err(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":{"code":"internal","message":"the answer could not be encoded"}}"#.to_owned())
+        }
     };
     let mut response = Response::new(Body::Text(text));
     *response.status_mut() = status;

@@ -53,12 +53,17 @@ impl Ctx {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "unknown_parameter",
-                    format!("unknown query parameter; this route takes: {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") }),
+                    format!(
+                        "unknown query parameter; this route takes: {}",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
                 )
                 .field(name.chars().take(40).collect::<String>()));
             }
             if out.insert(name.clone(), value.clone()).is_some() {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "repeated_parameter", "a query parameter is given twice").field(name.clone()));
+                return Err(
+                    ApiError::new(StatusCode::BAD_REQUEST, "repeated_parameter", "a query parameter is given twice").field(name.clone())
+                );
             }
         }
         Ok(out)
@@ -66,7 +71,11 @@ impl Ctx {
 
     fn limit(q: &BTreeMap<String, String>) -> Result<Option<usize>, ApiError> {
         q.get("limit")
-            .map(|v| v.parse::<usize>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", "limit must be a number between 1 and 200").field("limit")))
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", "limit must be a number between 1 and 200").field("limit")
+                })
+            })
             .transpose()
     }
 
@@ -74,7 +83,8 @@ impl Ctx {
         match self.headers.get(header::IF_MATCH) {
             None => Ok(None),
             Some(value) => value.to_str().ok().and_then(parse_if_match).map(Some).ok_or_else(|| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_if_match", "If-Match must be an ETag this API gave out (like \"3\") or *").field("If-Match")
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_if_match", "If-Match must be an ETag this API gave out (like \"3\") or *")
+                    .field("If-Match")
             }),
         }
     }
@@ -88,14 +98,24 @@ impl Ctx {
         let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if media != "application/json" {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as JSON with Content-Type: application/json"));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
         }
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_body", "this request needs a JSON body"));
         }
         let mut deserializer = serde_json::Deserializer::from_slice(&self.body);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(body_error)?;
-        deserializer.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON (line {}, column {})", e.line(), e.column())))?;
+        deserializer.end().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()),
+            )
+        })?;
         Ok(value)
     }
 }
@@ -108,7 +128,11 @@ fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = e.path().to_string();
     let inner = e.inner();
     if !inner.is_data() {
-        return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON (line {}, column {})", inner.line(), inner.column()));
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON (line {}, column {})", inner.line(), inner.column()),
+        );
     }
     let text = inner.to_string();
     let expected = text.split_once("expected ").map(|(_, rest)| rest.rsplit_once(" at line").map_or(rest, |(e, _)| e).to_owned());
@@ -120,7 +144,10 @@ fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         let full = if path == "." { name.to_owned() } else { format!("{path}.{name}") };
         return ApiError::new(StatusCode::BAD_REQUEST, "missing_field", format!("`{full}` is required")).field(full);
     } else {
-        ("invalid_value", format!("`{shown_path}` has the wrong type or value; expected {}", expected.unwrap_or_else(|| "another value".into())))
+        (
+            "invalid_value",
+            format!("`{shown_path}` has the wrong type or value; expected {}", expected.unwrap_or_else(|| "another value".into())),
+        )
     };
     let error = ApiError::new(StatusCode::BAD_REQUEST, code, message);
     if path == "." { error } else { error.field(shown_path) }
@@ -157,7 +184,8 @@ pub async fn providers_list(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiEr
     let only = match q.get("category") {
         None => None,
         Some(c) => Some(Category::parse(c).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_category", "category must be one of financial_data, llm, trading, other").field("category")
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_category", "category must be one of financial_data, llm, trading, other")
+                .field("category")
         })?),
     };
     let categories = Category::ALL
@@ -280,7 +308,8 @@ fn time_param(q: &BTreeMap<String, String>, name: &str) -> Result<Option<DateTim
     q.get(name)
         .map(|v| {
             DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", format!("{name} must be an RFC 3339 time like 2026-11-25T08:00:00Z")).field(name.to_owned())
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", format!("{name} must be an RFC 3339 time like 2026-11-25T08:00:00Z"))
+                    .field(name.to_owned())
             })
         })
         .transpose()
@@ -298,7 +327,8 @@ pub async fn audit_list(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError>
     if let Some(a) = q.get("action")
         && !action::ALL.contains(&a.as_str())
     {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_action", format!("action must be one of {}", action::ALL.join(", "))).field("action"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_action", format!("action must be one of {}", action::ALL.join(", ")))
+            .field("action"));
     }
     let filter = AuditFilter {
         action: q.get("action").cloned(),

@@ -77,7 +77,10 @@ pub fn functions() -> Vec<&'static str> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteMatch {
-    Found { route: &'static Route, params: Vec<(&'static str, String)> },
+    Found {
+        route: &'static Route,
+        params: Vec<(&'static str, String)>,
+    },
     /// The path exists but not with this method; lists the methods it has.
     MethodNotAllowed(Vec<&'static str>),
     NotFound,
@@ -151,7 +154,18 @@ mod tests {
         }
         assert_eq!(
             functions(),
-            ["providers-list", "keys-list", "keys-create", "keys-test", "keys-get", "keys-update", "keys-delete", "audit-list", "audit-verify", "openapi"]
+            [
+                "providers-list",
+                "keys-list",
+                "keys-create",
+                "keys-test",
+                "keys-get",
+                "keys-update",
+                "keys-delete",
+                "audit-list",
+                "audit-verify",
+                "openapi"
+            ]
         );
     }
 }

@@ -197,7 +197,8 @@ mod tests {
     fn injection_follows_the_catalog() {
         let c = catalog();
         let up = Upstreams::default();
-        let req = build_test_request(c.provider("alphavantage").unwrap(), Environment::Production, &up, &creds(&[("api_key", "AVKEY123")])).unwrap();
+        let req = build_test_request(c.provider("alphavantage").unwrap(), Environment::Production, &up, &creds(&[("api_key", "AVKEY123")]))
+            .unwrap();
         assert!(req.url.as_str().starts_with("https://www.alphavantage.co/query?"));
         assert!(req.url.query_pairs().any(|(k, v)| k == "apikey" && v == "AVKEY123"));
 
@@ -213,7 +214,8 @@ mod tests {
         assert_eq!(header("apca-api-key-id").as_deref(), Some("PKID"));
         assert_eq!(header("apca-api-secret-key").as_deref(), Some("SECRET"));
 
-        let req = build_test_request(c.provider("anthropic").unwrap(), Environment::Production, &up, &creds(&[("api_key", "sk-ant-x")])).unwrap();
+        let req =
+            build_test_request(c.provider("anthropic").unwrap(), Environment::Production, &up, &creds(&[("api_key", "sk-ant-x")])).unwrap();
         let names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
         assert!(names.contains(&"x-api-key") && names.contains(&"anthropic-version"), "{names:?}");
 
@@ -234,7 +236,8 @@ mod tests {
         let (outcome, message) = interpret(p, &answer(200, r#"{"Error Message":"the parameter apikey is invalid or missing."}"#));
         assert_eq!(outcome, TestOutcome::Invalid);
         assert!(message.unwrap().contains("apikey is invalid"));
-        let (outcome, _) = interpret(p, &answer(200, r#"{"Information":"Thank you... our standard API rate limit is 25 requests per day."}"#));
+        let (outcome, _) =
+            interpret(p, &answer(200, r#"{"Information":"Thank you... our standard API rate limit is 25 requests per day."}"#));
         assert_eq!(outcome, TestOutcome::RateLimited);
         assert_eq!(interpret(p, &answer(200, r#"{"Global Quote":{"01. symbol":"IBM"}}"#)).0, TestOutcome::Valid);
     }
@@ -247,6 +250,9 @@ mod tests {
         assert_eq!(interpret(p, &answer(429, "{}")).0, TestOutcome::RateLimited);
         assert_eq!(interpret(p, &answer(503, "")).0, TestOutcome::UpstreamError);
         let gemini = catalog().provider("gemini").unwrap();
-        assert_eq!(interpret(gemini, &answer(400, r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#)).0, TestOutcome::Invalid);
+        assert_eq!(
+            interpret(gemini, &answer(400, r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#)).0,
+            TestOutcome::Invalid
+        );
     }
 }

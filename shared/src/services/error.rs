@@ -61,7 +61,10 @@ impl From<StoreError> for ServiceError {
             }
             StoreError::Corrupt(detail) => {
                 tracing::error!(error = %detail, "store holds unreadable data");
-                ServiceError::Internal { code: "store_corrupt", message: "stored data could not be read; an operator has to look at it".into() }
+                ServiceError::Internal {
+                    code: "store_corrupt",
+                    message: "stored data could not be read; an operator has to look at it".into(),
+                }
             }
         }
     }
@@ -71,9 +74,7 @@ impl From<VaultError> for ServiceError {
     fn from(e: VaultError) -> Self {
         tracing::error!(error = %e, "vault error");
         match e {
-            VaultError::WrongMasterKey { .. } => {
-                ServiceError::Unavailable { code: "wrong_master_key", message: e.to_string() }
-            }
+            VaultError::WrongMasterKey { .. } => ServiceError::Unavailable { code: "wrong_master_key", message: e.to_string() },
             VaultError::NotBound | VaultError::Corrupt(_) => ServiceError::Internal {
                 code: "key_material_unreadable",
                 message: "the stored key material cannot be decrypted for this record; save the key again".into(),

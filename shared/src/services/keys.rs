@@ -191,7 +191,10 @@ impl KeyService {
         match if_match {
             Some(IfMatch::Version(v)) if v != record.version => Err(ServiceError::PreconditionFailed {
                 code: "version_mismatch",
-                message: format!("If-Match names version {v} but the key is at version {}; reload it and apply your change again", record.version),
+                message: format!(
+                    "If-Match names version {v} but the key is at version {}; reload it and apply your change again",
+                    record.version
+                ),
             }),
             _ => Ok(()),
         }
@@ -224,7 +227,11 @@ impl KeyService {
         if let Some(label) = &input.label {
             let label = check_label(label)?;
             if label.is_empty() {
-                return Err(ServiceError::Unprocessable { code: "empty_label", message: "label cannot be empty".into(), field: Some("label".into()) });
+                return Err(ServiceError::Unprocessable {
+                    code: "empty_label",
+                    message: "label cannot be empty".into(),
+                    field: Some("label".into()),
+                });
             }
             record.label = label;
             changed.push("label");
@@ -240,9 +247,8 @@ impl KeyService {
         let mut sealed = None;
         if let Some(edits) = input.credentials {
             let binding = Binding { workspace: &current.workspace, key_id: &current.id, version: current.key_version };
-            let material = self.store.material(&caller.workspace, id, current.key_version).await?.ok_or_else(|| ServiceError::Internal {
-                code: "key_material_missing",
-                message: "the key's material is missing; save the key again".into(),
+            let material = self.store.material(&caller.workspace, id, current.key_version).await?.ok_or_else(|| {
+                ServiceError::Internal { code: "key_material_missing", message: "the key's material is missing; save the key again".into() }
             })?;
             let mut credentials = self.vault.open(binding, &material).await?;
             for (field, value) in edits {

@@ -153,7 +153,10 @@ impl KeyVault for LocalVault {
         let aad = binding.aad();
         let plaintext = Zeroizing::new(
             self.cipher()
-                .decrypt(&Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).expect("length checked above")), Payload { msg: &blob[1 + KEY_ID_LEN + NONCE_LEN..], aad: &aad })
+                .decrypt(
+                    &Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).expect("length checked above")),
+                    Payload { msg: &blob[1 + KEY_ID_LEN + NONCE_LEN..], aad: &aad },
+                )
                 .map_err(|_| VaultError::NotBound)?,
         );
         Credentials::from_plaintext(&plaintext).ok_or_else(|| VaultError::Corrupt("decrypted material is not a credential set".into()))
@@ -192,11 +195,7 @@ mod tests {
     async fn ciphertext_moved_to_another_record_fails_to_decrypt() {
         let vault = LocalVault::from_master_key(&[7; 32]);
         let sealed = vault.seal(BINDING, &creds("canary-vault-moved-2")).await.unwrap();
-        for other in [
-            Binding { workspace: "w2", ..BINDING },
-            Binding { key_id: "k2", ..BINDING },
-            Binding { version: 2, ..BINDING },
-        ] {
+        for other in [Binding { workspace: "w2", ..BINDING }, Binding { key_id: "k2", ..BINDING }, Binding { version: 2, ..BINDING }] {
             assert_eq!(vault.open(other, &sealed).await.err(), Some(VaultError::NotBound));
         }
     }

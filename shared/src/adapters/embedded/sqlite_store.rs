@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::domain::access::Role;
 use crate::domain::audit::{AuditDraft, AuditEntry, GENESIS_HASH, Outcome};
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
-use crate::domain::access::Role;
 use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreError};
 
 const SCHEMA: &str = r#"
@@ -247,9 +247,8 @@ impl KeyStore for SqliteStore {
     async fn list(&self, workspace: &str, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError> {
         let (workspace, after) = (workspace.to_owned(), after.unwrap_or("").to_owned());
         self.run(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT doc FROM keys WHERE workspace = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
-                .map_err(unavailable)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT doc FROM keys WHERE workspace = ?1 AND id > ?2 ORDER BY id LIMIT ?3").map_err(unavailable)?;
             let docs: Vec<String> = stmt
                 .query_map(params![workspace, after, limit as i64 + 1], |r| r.get(0))
                 .map_err(unavailable)?
@@ -415,7 +414,13 @@ impl AuditLog for SqliteStore {
         .await
     }
 
-    async fn list(&self, workspace: &str, filter: &AuditFilter, before: Option<&str>, limit: usize) -> Result<Page<AuditEntry>, StoreError> {
+    async fn list(
+        &self,
+        workspace: &str,
+        filter: &AuditFilter,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<AuditEntry>, StoreError> {
         let workspace = workspace.to_owned();
         let filter = filter.clone();
         let before: Option<u64> = match before {
@@ -470,9 +475,8 @@ impl AuditLog for SqliteStore {
     async fn chain_slice(&self, workspace: &str, after_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let workspace = workspace.to_owned();
         self.run(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT * FROM audit WHERE workspace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
-                .map_err(unavailable)?;
+            let mut stmt =
+                conn.prepare_cached("SELECT * FROM audit WHERE workspace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3").map_err(unavailable)?;
             let rows = stmt.query_map(params![workspace, after_seq, limit as i64], audit_from_row).map_err(unavailable)?;
             let mut items = Vec::new();
             for row in rows {
