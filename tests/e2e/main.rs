@@ -9,6 +9,7 @@ mod concurrency;
 mod connection_tests;
 mod crud;
 mod gateway_process;
+mod jwks_tokens;
 mod lambda_events;
 mod openapi;
 mod template_routes;

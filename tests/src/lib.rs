@@ -65,6 +65,8 @@ pub struct ServerOptions {
     pub data_dir: Option<PathBuf>,
     /// Dev mode off: `/api/dev/login` does not exist.
     pub no_dev: bool,
+    /// Verify RS256 tokens from this JWKS URL, issuer and audience instead of local HS256 ones.
+    pub jwks: Option<(String, String, String)>,
 }
 
 impl ServerOptions {
@@ -98,7 +100,10 @@ impl TestServer {
         vars.insert("STOCKPULSE_DATA_DIR".into(), data_dir.display().to_string());
         let config = Config::from_vars(&vars).expect("test configuration");
         let app = App::embedded(&config).expect("app");
-        let tokens = TokenVerifier::local(&data_dir).expect("token verifier");
+        let tokens = match &options.jwks {
+            Some((url, issuer, audience)) => TokenVerifier::jwks(url, issuer, audience).await.expect("JWKS verifier"),
+            None => TokenVerifier::local(&data_dir).expect("token verifier"),
+        };
         let gateway = Arc::new(Gateway { app, tokens, dev: !options.no_dev, static_dir: workspace_root().join("frontend/placeholder") });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

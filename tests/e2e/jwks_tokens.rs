@@ -1,0 +1,68 @@
+//! With an issuer's JWKS configured (a Cognito user pool, say), the gateway verifies RS256
+//! tokens against it: issuer, audience, expiry and key id are all checked, and HS256 tokens
+//! (algorithm confusion) are refused.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use stockpulse_tests::{ServerOptions, TestServer, read_workspace_file};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_test";
+const AUDIENCE: &str = "spa-client-id";
+
+fn claims(workspace: &str) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    json!({"sub": "cognito-user-1", "email": "ana@example.com", "cognito:groups": ["member"], "custom:workspace": workspace,
+           "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600, "token_use": "id"})
+}
+
+fn rs256(claims: &Value, kid: &str) -> String {
+    let key = EncodingKey::from_rsa_pem(read_workspace_file("tests/fixtures/jwks-test-rsa.pem").as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_tokens_from_the_configured_issuer_are_accepted_and_nothing_else() {
+    let issuer = MockServer::start().await;
+    let jwks: Value = serde_json::from_str(&read_workspace_file("tests/fixtures/jwks-test.json")).unwrap();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(jwks))
+        .mount(&issuer)
+        .await;
+    let server = TestServer::start_with(ServerOptions {
+        jwks: Some((format!("{}/.well-known/jwks.json", issuer.uri()), ISSUER.to_owned(), AUDIENCE.to_owned())),
+        ..Default::default()
+    })
+    .await;
+
+    let good = rs256(&claims("ws-jwks"), "test-key-1");
+    let answer = server.client.get("/api/keys", Some(&good)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+
+    let mut expired = claims("ws-jwks");
+    expired["exp"] = json!(jsonwebtoken::get_current_timestamp() - 600);
+    let mut other_issuer = claims("ws-jwks");
+    other_issuer["iss"] = json!("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_other");
+    let mut other_audience = claims("ws-jwks");
+    other_audience["aud"] = json!("another-client");
+    // Algorithm confusion: HS256 signed with the public key's bytes must not pass.
+    let confused =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims("ws-jwks"), &EncodingKey::from_secret(b"public key bytes")).unwrap();
+    for (what, token) in [
+        ("expired", rs256(&expired, "test-key-1")),
+        ("other issuer", rs256(&other_issuer, "test-key-1")),
+        ("other audience", rs256(&other_audience, "test-key-1")),
+        ("unknown key id", rs256(&claims("ws-jwks"), "rotated-away")),
+        ("HS256", confused),
+    ] {
+        let answer = server.client.get("/api/keys", Some(&token)).await;
+        assert_eq!((answer.status, answer.code()), (401, "invalid_token"), "{what}: {}", answer.text);
+    }
+
+    let login = server.client.post_json("/api/dev/login", None, &json!({"email": "a@b.c", "role": "admin", "workspace": "w"})).await;
+    assert_eq!((login.status, login.code()), (404, "dev_login_unavailable"), "no local tokens while an issuer is configured");
+}
