@@ -3,23 +3,7 @@
 use serde_json::json;
 use stockpulse_tests::{TestServer, canary};
 
-use crate::{all_keys, create, create_openai, openai_key};
-
-const RECORD_FIELDS: [&str; 13] = [
-    "id",
-    "provider",
-    "environment",
-    "label",
-    "masked",
-    "status",
-    "version",
-    "created_at",
-    "updated_at",
-    "last_used_at",
-    "last_verified_at",
-    "last_test",
-    "warnings",
-];
+use crate::{KEY_RECORD_FIELDS, all_keys, create, create_openai, openai_key};
 
 #[tokio::test]
 async fn create_answers_a_masked_record_and_never_the_key() {
@@ -33,7 +17,7 @@ async fn create_answers_a_masked_record_and_never_the_key() {
         .post_json("/api/keys", Some(&token), &json!({"provider": "openai", "environment": "production", "label": " team key ", "credentials": {"api_key": key, "organization_id": org}}))
         .await;
     assert_eq!(answer.status, 201, "{}", answer.text);
-    for field in RECORD_FIELDS {
+    for field in KEY_RECORD_FIELDS {
         assert!(answer.json.get(field).is_some(), "record lacks {field}: {}", answer.text);
     }
     assert!(!answer.text.contains(&key) && !answer.text.contains(&org));

@@ -18,6 +18,23 @@ mod vault_integrity;
 use serde_json::{Value, json};
 use stockpulse_tests::{Answer, TestServer, canary};
 
+/// The fields the issue requires of a key record in any answer (never a credential value).
+pub const KEY_RECORD_FIELDS: [&str; 13] = [
+    "id",
+    "provider",
+    "environment",
+    "label",
+    "masked",
+    "status",
+    "version",
+    "created_at",
+    "updated_at",
+    "last_used_at",
+    "last_verified_at",
+    "last_test",
+    "warnings",
+];
+
 /// A valid OpenAI key shape with a canary body.
 pub fn openai_key() -> String {
     canary("sk-proj-")

@@ -3,6 +3,8 @@
 use stockpulse_shared::http::routes::ROUTES;
 use stockpulse_tests::TestServer;
 
+use crate::KEY_RECORD_FIELDS;
+
 #[tokio::test]
 async fn the_document_is_public_3_1_and_lists_every_route() {
     let server = TestServer::start().await;
@@ -14,20 +16,7 @@ async fn the_document_is_public_3_1_and_lists_every_route() {
         assert!(operation.is_object(), "{} {} is not documented", route.method, route.path);
     }
     let record = &doc.json["components"]["schemas"]["KeyRecord"]["properties"];
-    for field in [
-        "id",
-        "provider",
-        "environment",
-        "label",
-        "masked",
-        "status",
-        "version",
-        "created_at",
-        "updated_at",
-        "last_used_at",
-        "last_verified_at",
-        "last_test",
-    ] {
+    for field in KEY_RECORD_FIELDS {
         assert!(record.get(field).is_some(), "KeyRecord lacks {field}");
     }
     for forbidden in ["credentials", "api_key", "secret", "plaintext", "workspace"] {

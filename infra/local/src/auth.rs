@@ -6,18 +6,15 @@
 //! the way API Gateway passes them to a Lambda, then placed in the same request context.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
-use aes_gcm::aead::{OsRng, rand_core::RngCore};
-use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use serde_json::{Map, Value};
+use stockpulse_shared::adapters::embedded::secret_file::{SecretFileError, load_or_create};
 use stockpulse_shared::domain::access::Role;
 use stockpulse_shared::http::caller::{CLAIM_GROUPS, CLAIM_WORKSPACE};
-use zeroize::Zeroizing;
 
 pub const LOCAL_ISSUER: &str = "stockpulse-local";
 pub const LOCAL_AUDIENCE: &str = "stockpulse-keys";
@@ -37,8 +34,8 @@ pub struct TokenVerifier {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
-    #[error("cannot read or create the token secret {path}: {source}")]
-    Secret { path: String, source: std::io::Error },
+    #[error("token secret: {0}")]
+    Secret(#[from] SecretFileError),
     #[error("cannot load the JWKS from {url}: {reason}")]
     Jwks { url: String, reason: String },
     #[error("STOCKPULSE_JWKS_URL needs STOCKPULSE_JWT_ISSUER and STOCKPULSE_JWT_AUDIENCE")]
@@ -67,9 +64,9 @@ pub enum TokenError {
 impl TokenVerifier {
     /// The HS256 verifier with the secret from `<data dir>/jwt.secret`, created on first run.
     pub fn local(data_dir: &Path) -> Result<TokenVerifier, AuthSetupError> {
-        let secret = load_or_create_secret(&data_dir.join("jwt.secret"))?;
+        let secret = load_or_create(&data_dir.join("jwt.secret"))?;
         Ok(TokenVerifier {
-            keys: Keys::Local { encoding: EncodingKey::from_secret(&secret), decoding: DecodingKey::from_secret(&secret) },
+            keys: Keys::Local { encoding: EncodingKey::from_secret(&*secret), decoding: DecodingKey::from_secret(&*secret) },
             issuer: LOCAL_ISSUER.to_owned(),
             audience: LOCAL_AUDIENCE.to_owned(),
         })
@@ -169,45 +166,10 @@ pub fn flatten(claims: Map<String, Value>) -> HashMap<String, String> {
         .collect()
 }
 
-fn load_or_create_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, AuthSetupError> {
-    let fail = |source| AuthSetupError::Secret { path: path.display().to_string(), source };
-    match std::fs::read_to_string(path) {
-        Ok(text) => base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .ok()
-            .filter(|b| b.len() >= 32)
-            .map(Zeroizing::new)
-            .ok_or_else(|| fail(std::io::Error::other("not base64 of at least 32 bytes"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(fail)?;
-            }
-            let mut secret = Zeroizing::new(vec![0u8; 32]);
-            OsRng.fill_bytes(&mut secret);
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            match options.open(path) {
-                Ok(mut file) => {
-                    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*secret));
-                    file.write_all(encoded.as_bytes()).and_then(|_| file.write_all(b"\n")).map_err(fail)?;
-                    Ok(secret)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_secret(path),
-                Err(e) => Err(fail(e)),
-            }
-        }
-        Err(e) => Err(fail(e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     #[test]
     fn minted_tokens_verify_and_flatten_like_api_gateway() {

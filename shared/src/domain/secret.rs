@@ -9,6 +9,31 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
+/// The compiler refuses to print it:
+///
+/// ```compile_fail
+/// let key = stockpulse_shared::domain::secret::KeyMaterial::new("sk-secret".into());
+/// println!("{key:?}");
+/// ```
+///
+/// ```compile_fail
+/// let key = stockpulse_shared::domain::secret::KeyMaterial::new("sk-secret".into());
+/// println!("{key}");
+/// ```
+///
+/// or to put it in JSON:
+///
+/// ```compile_fail
+/// let key = stockpulse_shared::domain::secret::KeyMaterial::new("sk-secret".into());
+/// serde_json::to_string(&key).unwrap();
+/// ```
+///
+/// or to copy it:
+///
+/// ```compile_fail
+/// let key = stockpulse_shared::domain::secret::KeyMaterial::new("sk-secret".into());
+/// let copy = key.clone();
+/// ```
 pub struct KeyMaterial(Zeroizing<String>);
 
 impl KeyMaterial {
@@ -92,6 +117,19 @@ impl Credentials {
     /// Every secret value, for redacting answers and errors.
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {
         self.0.values().map(|v| v.expose()).filter(|v| !v.is_empty())
+    }
+}
+
+impl FromIterator<(String, KeyMaterial)> for Credentials {
+    fn from_iter<I: IntoIterator<Item = (String, KeyMaterial)>>(iter: I) -> Self {
+        Credentials(iter.into_iter().collect())
+    }
+}
+
+impl Credentials {
+    /// Convenience for tests and fixtures: `[("api_key", "sk-...")]`.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Credentials {
+        pairs.iter().map(|(field, value)| ((*field).to_owned(), KeyMaterial::new((*value).to_owned()))).collect()
     }
 }
 

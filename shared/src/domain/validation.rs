@@ -132,14 +132,9 @@ pub fn check_label(label: &str) -> Result<String, FieldError> {
 mod tests {
     use super::*;
     use crate::domain::catalog::catalog;
-    use crate::domain::secret::KeyMaterial;
 
     fn creds(pairs: &[(&str, &str)]) -> Credentials {
-        let mut c = Credentials::new();
-        for (k, v) in pairs {
-            c.insert(*k, KeyMaterial::new((*v).to_owned()));
-        }
-        c
+        Credentials::from_pairs(pairs)
     }
 
     #[test]

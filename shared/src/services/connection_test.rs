@@ -179,14 +179,9 @@ pub async fn run_test(
 mod tests {
     use super::*;
     use crate::domain::catalog::catalog;
-    use crate::domain::secret::KeyMaterial;
 
     fn creds(pairs: &[(&str, &str)]) -> Credentials {
-        let mut c = Credentials::new();
-        for (k, v) in pairs {
-            c.insert(*k, KeyMaterial::new((*v).to_owned()));
-        }
-        c
+        Credentials::from_pairs(pairs)
     }
 
     fn answer(status: u16, body: &str) -> UpstreamResponse {

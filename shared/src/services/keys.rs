@@ -82,11 +82,7 @@ pub struct KeyService {
 }
 
 fn credentials_from(map: BTreeMap<String, KeyMaterial>) -> Credentials {
-    let mut credentials = Credentials::new();
-    for (field, value) in map {
-        credentials.insert(field, value);
-    }
-    credentials
+    map.into_iter().collect()
 }
 
 impl KeyService {

@@ -1,24 +1,23 @@
 //! AES-256-GCM vault with a local master key.
 //!
 //! The master key comes from `STOCKPULSE_MASTER_KEY` (base64 or hex of 32 bytes) or from
-//! `<data dir>/master.key`, created with mode 0600 on first run. Two subkeys are derived from it
+//! `<data dir>/master.key`, created with mode 0600 on first run (`secret_file`). Two subkeys are derived from it
 //! (sealing and fingerprints) so neither use weakens the other. A sealed blob records which master
 //! key sealed it, so a wrong master key is reported as such instead of as garbage.
 //!
 //! Blob layout: `0x01 | key id (8 bytes) | nonce (12 bytes) | ciphertext+tag`, AAD = the binding
 //! (workspace, key id, version).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Nonce};
 use async_trait::async_trait;
-use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::secret_file::{SecretFileError, decode_secret, load_or_create};
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
 
@@ -31,10 +30,8 @@ const NONCE_LEN: usize = 12;
 pub enum MasterKeyError {
     #[error("STOCKPULSE_MASTER_KEY must be 32 bytes as base64 (44 characters) or hex (64 characters)")]
     BadEnvValue,
-    #[error("the master key file {path} is not 32 bytes of base64: delete it only if no key was ever stored with it")]
-    BadFile { path: PathBuf },
-    #[error("cannot read or create the master key file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("master key file: {0}")]
+    File(#[from] SecretFileError),
 }
 
 pub struct LocalVault {
@@ -59,8 +56,8 @@ impl LocalVault {
     /// The master key from `env_value` if set, else from `<data_dir>/master.key` (created 0600).
     pub fn load(env_value: Option<&str>, data_dir: &Path) -> Result<LocalVault, MasterKeyError> {
         let master = match env_value {
-            Some(value) => decode_master(value).ok_or(MasterKeyError::BadEnvValue)?,
-            None => load_or_create_file(&data_dir.join("master.key"))?,
+            Some(value) => decode_secret(value).ok_or(MasterKeyError::BadEnvValue)?,
+            None => load_or_create(&data_dir.join("master.key"))?,
         };
         Ok(LocalVault::from_master_key(&master))
     }
@@ -72,49 +69,6 @@ impl LocalVault {
 
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new_from_slice(&*self.seal_key).expect("32-byte key")
-    }
-}
-
-fn decode_master(value: &str) -> Option<Zeroizing<[u8; 32]>> {
-    let value = value.trim();
-    let bytes = Zeroizing::new(if value.len() == 64 {
-        hex::decode(value).ok()?
-    } else {
-        base64::engine::general_purpose::STANDARD.decode(value).ok()?
-    });
-    let array: [u8; 32] = bytes.as_slice().try_into().ok()?;
-    Some(Zeroizing::new(array))
-}
-
-fn load_or_create_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, MasterKeyError> {
-    let io = |source| MasterKeyError::Io { path: path.to_owned(), source };
-    match std::fs::read_to_string(path) {
-        Ok(text) => decode_master(&Zeroizing::new(text)).ok_or_else(|| MasterKeyError::BadFile { path: path.to_owned() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
-            let mut key = Zeroizing::new([0u8; 32]);
-            OsRng.fill_bytes(&mut *key);
-            let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*key));
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            match options.open(path) {
-                Ok(mut file) => {
-                    file.write_all(encoded.as_bytes()).and_then(|_| file.write_all(b"\n")).and_then(|_| file.sync_all()).map_err(io)?;
-                    Ok(key)
-                }
-                // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_file(path),
-                Err(e) => Err(io(e)),
-            }
-        }
-        Err(e) => Err(io(e)),
     }
 }
 
@@ -173,6 +127,7 @@ impl KeyVault for LocalVault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn creds(value: &str) -> Credentials {
         let mut c = Credentials::new();

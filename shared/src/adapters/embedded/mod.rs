@@ -1,6 +1,7 @@
 //! The embedded backend: one SQLite file (WAL) and a local master key.
 
 pub mod local_vault;
+pub mod secret_file;
 pub mod sqlite_store;
 
 pub use local_vault::LocalVault;
