@@ -4,6 +4,7 @@
 //! folder, which the canary scan reads after the whole run.
 
 pub mod canary;
+pub mod conformance;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,0 +1,357 @@
+//! The `KeyStore` + `AuditLog` contract.
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration, Utc};
+use stockpulse_shared::domain::access::{Caller, RequestMeta, Role};
+use stockpulse_shared::domain::audit::{AuditDraft, ChainVerifier, Outcome, action};
+use stockpulse_shared::domain::catalog::TestOutcome;
+use stockpulse_shared::domain::environment::Environment;
+use stockpulse_shared::domain::keys::{Actor, KeyRecord, KeyStatus, TestResult};
+use stockpulse_shared::ports::{AuditFilter, SealedMaterial, StoreError};
+
+use super::{Stores, workspace};
+
+/// Runs every check of the suite as its own `#[tokio::test]`, against the `Stores` that
+/// `$make` (an async expression) builds.
+#[macro_export]
+macro_rules! key_store_conformance {
+    ($make:expr) => {
+        $crate::key_store_conformance!(@tests $make;
+            insert_get_and_material_round_trip,
+            one_key_per_slot,
+            updates_are_conditional_on_the_version,
+            new_material_replaces_every_other_version,
+            moving_into_a_taken_slot_is_refused,
+            delete_is_conditional_and_removes_material,
+            test_results_do_not_change_the_version,
+            workspaces_are_isolated,
+            list_pages_in_id_order,
+            audit_chain_links_every_mutation,
+            audit_list_filters_and_pages_newest_first,
+            concurrent_updates_with_one_version_exactly_one_wins,
+            concurrent_appends_keep_the_chain_whole,
+        );
+    };
+    (@tests $make:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let stores = $make.await;
+                $crate::conformance::key_store::$name(&stores).await;
+            }
+        )+
+    };
+}
+
+fn caller(ws: &str) -> Caller {
+    Caller { sub: "sub-1".into(), email: "ana@example.com".into(), role: Role::Admin, workspace: ws.to_owned() }
+}
+
+fn draft(ws: &str, act: &str, provider: &str, key_id: Option<&str>) -> AuditDraft {
+    AuditDraft::new(
+        &caller(ws),
+        &RequestMeta { request_id: "req-1".into(), source_ip: "127.0.0.1".into(), user_agent: "conformance".into() },
+        act,
+        Outcome::Success,
+    )
+    .target(provider, Environment::Production, key_id)
+    .fingerprint("00112233445566778899aabbccddeeff")
+}
+
+/// A record as the key service would build it.
+pub fn record(ws: &str, provider: &str, environment: Environment) -> KeyRecord {
+    let now = Utc::now();
+    let actor = Actor { sub: "sub-1".into(), email: "ana@example.com".into() };
+    KeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        workspace: ws.to_owned(),
+        provider: provider.to_owned(),
+        environment,
+        label: format!("{provider} key"),
+        masked: BTreeMap::from([("api_key".to_owned(), "sk-********abcd".to_owned())]),
+        fingerprint: "00112233445566778899aabbccddeeff".into(),
+        status: KeyStatus::Active,
+        key_version: 1,
+        version: 1,
+        warnings: vec![],
+        created_by: actor.clone(),
+        created_at: now,
+        updated_by: actor,
+        updated_at: now,
+        last_used_at: None,
+        last_verified_at: None,
+        last_test: None,
+    }
+}
+
+fn sealed(tag: u8) -> SealedMaterial {
+    SealedMaterial { scheme: "test-scheme".into(), blob: vec![tag; 48] }
+}
+
+async fn insert(stores: &Stores, r: &KeyRecord) {
+    stores.keys.insert(r, &sealed(1), draft(&r.workspace, action::KEY_CREATE, &r.provider, Some(&r.id))).await.expect("insert");
+}
+
+pub async fn insert_get_and_material_round_trip(stores: &Stores) {
+    let ws = workspace("roundtrip");
+    let r = record(&ws, "openai", Environment::Production);
+    let entry = stores.keys.insert(&r, &sealed(7), draft(&ws, action::KEY_CREATE, "openai", Some(&r.id))).await.unwrap();
+    assert_eq!(entry.seq, 1);
+    assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(stores.keys.find_slot(&ws, "openai", Environment::Production).await.unwrap(), Some(r.clone()));
+    assert_eq!(stores.keys.find_slot(&ws, "openai", Environment::Development).await.unwrap(), None);
+    assert!(stores.keys.material(&ws, &r.id, 1).await.unwrap() == Some(sealed(7)));
+    assert!(stores.keys.material(&ws, &r.id, 2).await.unwrap().is_none());
+    assert_eq!(stores.keys.get(&ws, "missing").await.unwrap(), None);
+}
+
+pub async fn one_key_per_slot(stores: &Stores) {
+    let ws = workspace("slot");
+    insert(stores, &record(&ws, "openai", Environment::Production)).await;
+    let again = record(&ws, "openai", Environment::Production);
+    let err = stores.keys.insert(&again, &sealed(2), draft(&ws, action::KEY_CREATE, "openai", Some(&again.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::SlotTaken);
+    assert_eq!(stores.keys.get(&ws, &again.id).await.unwrap(), None, "nothing of the refused insert remains");
+    assert!(stores.keys.material(&ws, &again.id, 1).await.unwrap().is_none());
+    assert_eq!(stores.audit.chain_head(&ws).await.unwrap().map(|h| h.0), Some(1), "no audit entry for the refused insert");
+    insert(stores, &record(&ws, "openai", Environment::Development)).await;
+    insert(stores, &record(&workspace("slot-other"), "openai", Environment::Production)).await;
+}
+
+pub async fn updates_are_conditional_on_the_version(stores: &Stores) {
+    let ws = workspace("update");
+    let r = record(&ws, "groq", Environment::Production);
+    insert(stores, &r).await;
+    let mut next = r.clone();
+    next.label = "renamed".into();
+    next.version = 2;
+    stores.keys.update(&next, 1, None, draft(&ws, action::KEY_UPDATE, "groq", Some(&r.id))).await.unwrap();
+    assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap().unwrap().label, "renamed");
+    let mut stale = next.clone();
+    stale.label = "late".into();
+    stale.version = 2;
+    let err = stores.keys.update(&stale, 1, None, draft(&ws, action::KEY_UPDATE, "groq", Some(&r.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::VersionMismatch);
+    assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap().unwrap().label, "renamed");
+    let mut ghost = record(&ws, "mistral", Environment::Production);
+    ghost.version = 2;
+    let err = stores.keys.update(&ghost, 1, None, draft(&ws, action::KEY_UPDATE, "mistral", Some(&ghost.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::NotFound);
+    assert_eq!(stores.audit.chain_head(&ws).await.unwrap().map(|h| h.0), Some(2), "one entry per successful mutation");
+}
+
+pub async fn new_material_replaces_every_other_version(stores: &Stores) {
+    let ws = workspace("material");
+    let r = record(&ws, "openai", Environment::Production);
+    insert(stores, &r).await;
+    let mut next = r.clone();
+    next.key_version = 2;
+    next.version = 2;
+    stores.keys.update(&next, 1, Some(&sealed(9)), draft(&ws, action::KEY_UPDATE, "openai", Some(&r.id))).await.unwrap();
+    assert!(stores.keys.material(&ws, &r.id, 2).await.unwrap() == Some(sealed(9)));
+    assert!(stores.keys.material(&ws, &r.id, 1).await.unwrap().is_none(), "the old version's material is gone");
+}
+
+pub async fn moving_into_a_taken_slot_is_refused(stores: &Stores) {
+    let ws = workspace("move");
+    let production = record(&ws, "openai", Environment::Production);
+    let development = record(&ws, "openai", Environment::Development);
+    insert(stores, &production).await;
+    insert(stores, &development).await;
+    let mut moved = development.clone();
+    moved.environment = Environment::Production;
+    moved.version = 2;
+    let err = stores.keys.update(&moved, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&moved.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::SlotTaken);
+    assert_eq!(stores.keys.get(&ws, &development.id).await.unwrap().unwrap().environment, Environment::Development);
+    // Once the slot is free the move goes through, and the old slot is free after it.
+    stores.keys.delete(&ws, &production.id, 1, draft(&ws, action::KEY_DELETE, "openai", Some(&production.id))).await.unwrap();
+    stores.keys.update(&moved, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&moved.id))).await.unwrap();
+    assert_eq!(stores.keys.find_slot(&ws, "openai", Environment::Development).await.unwrap(), None);
+    insert(stores, &record(&ws, "openai", Environment::Development)).await;
+}
+
+pub async fn delete_is_conditional_and_removes_material(stores: &Stores) {
+    let ws = workspace("delete");
+    let r = record(&ws, "finnhub", Environment::Production);
+    insert(stores, &r).await;
+    let err = stores.keys.delete(&ws, &r.id, 5, draft(&ws, action::KEY_DELETE, "finnhub", Some(&r.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::VersionMismatch);
+    stores.keys.delete(&ws, &r.id, 1, draft(&ws, action::KEY_DELETE, "finnhub", Some(&r.id))).await.unwrap();
+    assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap(), None);
+    assert!(stores.keys.material(&ws, &r.id, 1).await.unwrap().is_none());
+    let err = stores.keys.delete(&ws, &r.id, 1, draft(&ws, action::KEY_DELETE, "finnhub", Some(&r.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::NotFound);
+    insert(stores, &record(&ws, "finnhub", Environment::Production)).await;
+}
+
+pub async fn test_results_do_not_change_the_version(stores: &Stores) {
+    let ws = workspace("test-result");
+    let r = record(&ws, "anthropic", Environment::Production);
+    insert(stores, &r).await;
+    let result = TestResult {
+        ok: false,
+        status: TestOutcome::Invalid,
+        message: "refused".into(),
+        latency_ms: 12,
+        upstream_status: Some(401),
+        tested_at: Utc::now(),
+    };
+    stores.keys.record_test(&ws, &r.id, &result, KeyStatus::Invalid, draft(&ws, action::KEY_TEST, "anthropic", Some(&r.id))).await.unwrap();
+    let got = stores.keys.get(&ws, &r.id).await.unwrap().unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(got.status, KeyStatus::Invalid);
+    assert_eq!(got.last_test, Some(result.clone()));
+    assert_eq!(got.last_verified_at, Some(result.tested_at));
+    let err = stores
+        .keys
+        .record_test(&ws, "missing", &result, KeyStatus::Invalid, draft(&ws, action::KEY_TEST, "anthropic", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::NotFound);
+}
+
+pub async fn workspaces_are_isolated(stores: &Stores) {
+    let ours = workspace("iso-a");
+    let theirs = workspace("iso-b");
+    let r = record(&ours, "openai", Environment::Production);
+    insert(stores, &r).await;
+    assert_eq!(stores.keys.get(&theirs, &r.id).await.unwrap(), None);
+    assert!(stores.keys.material(&theirs, &r.id, 1).await.unwrap().is_none());
+    assert!(stores.keys.list(&theirs, None, 50).await.unwrap().items.is_empty());
+    assert_eq!(
+        stores.keys.delete(&theirs, &r.id, 1, draft(&theirs, action::KEY_DELETE, "openai", Some(&r.id))).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert!(stores.audit.list(&theirs, &AuditFilter::default(), None, 50).await.unwrap().items.is_empty());
+    assert_eq!(stores.audit.chain_head(&theirs).await.unwrap(), None);
+}
+
+pub async fn list_pages_in_id_order(stores: &Stores) {
+    let ws = workspace("list");
+    let mut ids = Vec::new();
+    for provider in ["openai", "groq", "mistral", "finnhub", "fmp"] {
+        let r = record(&ws, provider, Environment::Production);
+        ids.push(r.id.clone());
+        insert(stores, &r).await;
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = stores.keys.list(&ws, after.as_deref(), 2).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    assert_eq!(pages, 3);
+}
+
+pub async fn audit_chain_links_every_mutation(stores: &Stores) {
+    let ws = workspace("chain");
+    let r = record(&ws, "openai", Environment::Production);
+    insert(stores, &r).await;
+    let mut next = r.clone();
+    next.version = 2;
+    stores.keys.update(&next, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&r.id))).await.unwrap();
+    stores.audit.append(draft(&ws, action::KEY_TEST_CANDIDATE, "groq", None)).await.unwrap();
+    stores.keys.delete(&ws, &r.id, 2, draft(&ws, action::KEY_DELETE, "openai", Some(&r.id))).await.unwrap();
+    let entries = stores.audit.chain_slice(&ws, 0, 100).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        entries.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        [action::KEY_CREATE, action::KEY_UPDATE, action::KEY_TEST_CANDIDATE, action::KEY_DELETE]
+    );
+    let mut verifier = ChainVerifier::new();
+    entries.iter().for_each(|e| verifier.feed(e));
+    let report = verifier.finish(stores.audit.chain_head(&ws).await.unwrap());
+    assert!(report.ok, "{report:?}");
+    assert_eq!(stores.audit.chain_slice(&ws, 2, 1).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+    // Stored entries come back exactly as hashed.
+    assert!(entries.iter().all(|e| e.compute_hash() == e.hash));
+}
+
+pub async fn audit_list_filters_and_pages_newest_first(stores: &Stores) {
+    let ws = workspace("audit-list");
+    let start = Utc::now();
+    for (act, provider) in
+        [(action::KEY_CREATE, "openai"), (action::KEY_TEST, "openai"), (action::KEY_CREATE, "groq"), (action::KEY_UPDATE, "groq")]
+    {
+        stores.audit.append(draft(&ws, act, provider, Some("k"))).await.unwrap();
+    }
+    let mut other_actor = draft(&ws, action::KEY_DELETE, "groq", None);
+    other_actor.actor_email = "bo@example.com".into();
+    other_actor.actor_sub = "sub-2".into();
+    stores.audit.append(other_actor).await.unwrap();
+    let list = |filter: AuditFilter| {
+        let audit = stores.audit.clone();
+        let ws = ws.clone();
+        async move { audit.list(&ws, &filter, None, 50).await.unwrap().items.iter().map(|e| e.seq).collect::<Vec<_>>() }
+    };
+    assert_eq!(list(AuditFilter::default()).await, [5, 4, 3, 2, 1]);
+    assert_eq!(list(AuditFilter { action: Some(action::KEY_CREATE.into()), ..Default::default() }).await, [3, 1]);
+    assert_eq!(list(AuditFilter { provider: Some("groq".into()), ..Default::default() }).await, [5, 4, 3]);
+    assert_eq!(list(AuditFilter { actor: Some("bo@example.com".into()), ..Default::default() }).await, [5]);
+    assert_eq!(list(AuditFilter { actor: Some("sub-2".into()), ..Default::default() }).await, [5]);
+    assert_eq!(list(AuditFilter { key_id: Some("k".into()), ..Default::default() }).await, [4, 3, 2, 1]);
+    assert_eq!(list(AuditFilter { from: Some(start - Duration::seconds(60)), ..Default::default() }).await.len(), 5);
+    assert!(list(AuditFilter { to: Some(start - Duration::seconds(60)), ..Default::default() }).await.is_empty());
+    let first = stores.audit.list(&ws, &AuditFilter::default(), None, 2).await.unwrap();
+    assert_eq!(first.items.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 4]);
+    let second = stores.audit.list(&ws, &AuditFilter::default(), first.next.as_deref(), 2).await.unwrap();
+    assert_eq!(second.items.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 2]);
+    let third = stores.audit.list(&ws, &AuditFilter::default(), second.next.as_deref(), 2).await.unwrap();
+    assert_eq!(third.items.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    assert!(third.next.is_none());
+}
+
+pub async fn concurrent_updates_with_one_version_exactly_one_wins(stores: &Stores) {
+    let ws = workspace("race");
+    let r = record(&ws, "openai", Environment::Production);
+    insert(stores, &r).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let keys = stores.keys.clone();
+        let mut next = r.clone();
+        next.label = format!("writer {i}");
+        next.version = 2;
+        let ws = ws.clone();
+        tasks
+            .push(tokio::spawn(async move { keys.update(&next, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&next.id))).await }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::VersionMismatch) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(stores.audit.chain_head(&ws).await.unwrap().map(|h| h.0), Some(2), "only the winner wrote an audit entry");
+}
+
+pub async fn concurrent_appends_keep_the_chain_whole(stores: &Stores) {
+    let ws = workspace("appends");
+    let audit = stores.audit.clone();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (audit, ws) = (audit.clone(), ws.clone());
+            tokio::spawn(async move { audit.append(draft(&ws, action::KEY_TEST_CANDIDATE, "openai", None)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().expect("every append lands (retrying a lost race is the adapter's job)");
+    }
+    let entries = audit.chain_slice(&ws, 0, 100).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    let mut verifier = ChainVerifier::new();
+    entries.iter().for_each(|e| verifier.feed(e));
+    assert!(verifier.finish(audit.chain_head(&ws).await.unwrap()).ok);
+}

@@ -1,0 +1,24 @@
+//! Conformance suites: one set of test functions per port, run against every adapter, so that
+//! adapters cannot drift apart. Each adapter's test module invokes the suite's macro with an
+//! expression that builds a fresh adapter (see `tests/e2e/conformance_embedded.rs`).
+//!
+//! Every check works in workspaces of its own (unique names), so suites can share one backend.
+
+pub mod key_store;
+pub mod key_vault;
+
+use std::sync::Arc;
+
+use stockpulse_shared::ports::{AuditLog, KeyStore};
+
+/// The storage ports one backend provides together (their writes share transactions).
+#[derive(Clone)]
+pub struct Stores {
+    pub keys: Arc<dyn KeyStore>,
+    pub audit: Arc<dyn AuditLog>,
+}
+
+/// A workspace name no other check uses.
+pub fn workspace(tag: &str) -> String {
+    format!("ws-{tag}-{}", uuid::Uuid::new_v4().simple())
+}
