@@ -6,6 +6,7 @@ mod audit_trail;
 mod auth_matrix;
 mod bad_input;
 mod concurrency;
+mod conformance_aws;
 mod conformance_embedded;
 mod connection_tests;
 mod crud;

@@ -3,8 +3,10 @@
 //! helpers to make tokens of every kind. Everything a test produces lands under the artifacts
 //! folder, which the canary scan reads after the whole run.
 
+pub mod aws;
 pub mod canary;
 pub mod conformance;
+pub mod moto;
 
 use std::collections::BTreeMap;
 use std::io::Write;

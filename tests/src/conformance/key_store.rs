@@ -353,5 +353,11 @@ pub async fn concurrent_appends_keep_the_chain_whole(stores: &Stores) {
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
     let mut verifier = ChainVerifier::new();
     entries.iter().for_each(|e| verifier.feed(e));
-    assert!(verifier.finish(audit.chain_head(&ws).await.unwrap()).ok);
+    let head = audit.chain_head(&ws).await.unwrap();
+    let report = verifier.finish(head.clone());
+    assert!(
+        report.ok,
+        "{report:?}, head {head:?}, links {:?}",
+        entries.iter().map(|e| (e.seq, &e.prev_hash[..8], &e.hash[..8])).collect::<Vec<_>>()
+    );
 }
