@@ -10,7 +10,7 @@ use stockpulse_shared::http::handle_function;
 pub async fn run(name: &'static str) -> Result<(), Error> {
     let config = Config::from_env()?;
     stockpulse_shared::telemetry::init(config.log_format);
-    let app = App::embedded(&config)?;
+    let app = App::from_config(&config).await?;
     let app = &app;
     lambda_http::run(service_fn(move |request: Request| async move { Ok::<_, Error>(handle_function(app, name, request).await) })).await
 }

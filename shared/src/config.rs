@@ -17,7 +17,36 @@ pub enum LogFormat {
     Text,
 }
 
+/// Where key records, audit and material live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in the data directory.
+    Embedded,
+    /// DynamoDB (one table), configured through the AWS SDK's usual environment.
+    Aws,
+}
+
+/// Who seals key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaultKind {
+    /// AES-256-GCM with the local master key.
+    Local,
+    /// KMS envelope encryption (`GenerateDataKey` + AES-256-GCM).
+    Kms,
+}
+
 pub struct Config {
+    /// `STOCKPULSE_BACKEND`: `embedded` (default) or `aws`.
+    pub backend: Backend,
+    /// `STOCKPULSE_VAULT`: `local` (default with the embedded backend) or `kms` (default on AWS).
+    pub vault: VaultKind,
+    /// `STOCKPULSE_TABLE`: the DynamoDB table (default `stockpulse`).
+    pub table: String,
+    /// `STOCKPULSE_CREATE_TABLE`: create the table if it is missing (local use and tests; the
+    /// deployment's template creates it in production).
+    pub create_table: bool,
+    /// `STOCKPULSE_KMS_KEY_ID`: the KMS key (id, ARN or alias) of the KMS vault.
+    pub kms_key_id: Option<String>,
     /// `STOCKPULSE_DATA_DIR`: SQLite file and master key file of the embedded backend.
     pub data_dir: PathBuf,
     /// `STOCKPULSE_MASTER_KEY`: base64 or hex of 32 bytes; else `<data dir>/master.key`.
@@ -64,7 +93,26 @@ impl Config {
         let default_dir = if on_lambda { "/tmp/stockpulse" } else { "./data" };
         let upstreams = Upstreams::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())), |id| catalog().provider(id).is_some())
             .map_err(|e| ConfigError(e.to_string()))?;
+        let backend = match get("STOCKPULSE_BACKEND") {
+            None | Some("embedded") => Backend::Embedded,
+            Some("aws") => Backend::Aws,
+            Some(other) => return Err(ConfigError(format!("STOCKPULSE_BACKEND must be embedded or aws, not `{other}`"))),
+        };
+        let vault = match (get("STOCKPULSE_VAULT"), backend) {
+            (None, Backend::Embedded) | (Some("local"), _) => VaultKind::Local,
+            (None, Backend::Aws) | (Some("kms"), _) => VaultKind::Kms,
+            (Some(other), _) => return Err(ConfigError(format!("STOCKPULSE_VAULT must be local or kms, not `{other}`"))),
+        };
+        let kms_key_id = get("STOCKPULSE_KMS_KEY_ID").map(str::to_owned);
+        if vault == VaultKind::Kms && kms_key_id.is_none() {
+            return Err(ConfigError("the kms vault needs STOCKPULSE_KMS_KEY_ID (a KMS key id, ARN or alias)".into()));
+        }
         Ok(Config {
+            backend,
+            vault,
+            table: get("STOCKPULSE_TABLE").unwrap_or("stockpulse").to_owned(),
+            create_table: matches!(get("STOCKPULSE_CREATE_TABLE"), Some("1" | "true")),
+            kms_key_id,
             data_dir: PathBuf::from(get("STOCKPULSE_DATA_DIR").unwrap_or(default_dir)),
             master_key: get("STOCKPULSE_MASTER_KEY").map(|v| Zeroizing::new(v.to_owned())),
             upstreams,

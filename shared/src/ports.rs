@@ -81,6 +81,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl From<StoreError> for VaultError {
+    /// A vault that keeps something in the store (the AWS fingerprint key) sees store outages.
+    fn from(e: StoreError) -> Self {
+        VaultError::Unavailable(e.to_string())
+    }
+}
+
 /// A page of results and the opaque position after its last item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {

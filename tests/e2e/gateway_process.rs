@@ -20,20 +20,26 @@ fn binary() -> PathBuf {
     path
 }
 
-struct Running {
+pub struct Running {
     child: Child,
-    url: String,
+    pub url: String,
     lines: mpsc::Receiver<String>,
 }
 
 /// Starts the binary and waits for its "running at" line; every output line also goes to a log
 /// file in the artifacts folder (the canary scan reads it).
-fn start(data_dir: &std::path::Path, dev: bool, envs: &[(&str, String)]) -> Running {
+pub fn start(data_dir: &std::path::Path, dev: bool, envs: &[(&str, String)]) -> Running {
+    start_with_args(data_dir, dev, &[], envs)
+}
+
+/// `start` with extra command-line arguments.
+pub fn start_with_args(data_dir: &std::path::Path, dev: bool, args: &[&str], envs: &[(&str, String)]) -> Running {
     let mut command = Command::new(binary());
     command.current_dir(workspace_root()).args(["--addr", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
     if dev {
         command.arg("--dev");
     }
+    command.args(args);
     command.env_remove("STOCKPULSE_DEV").env("STOCKPULSE_LOG_FORMAT", "json").env("RUST_LOG", "debug");
     for (name, value) in envs {
         command.env(name, value);
@@ -64,7 +70,7 @@ fn start(data_dir: &std::path::Path, dev: bool, envs: &[(&str, String)]) -> Runn
     Running { child, url, lines }
 }
 
-fn terminate(mut running: Running) -> Vec<String> {
+pub fn terminate(mut running: Running) -> Vec<String> {
     let status = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

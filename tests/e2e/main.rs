@@ -4,6 +4,7 @@
 
 mod audit_trail;
 mod auth_matrix;
+mod aws_backend;
 mod bad_input;
 mod concurrency;
 mod conformance_aws;

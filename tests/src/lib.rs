@@ -70,6 +70,25 @@ pub struct ServerOptions {
     pub no_dev: bool,
     /// Verify RS256 tokens from this JWKS URL, issuer and audience instead of local HS256 ones.
     pub jwks: Option<(String, String, String)>,
+    /// Run on the AWS backend (DynamoDB + KMS vault) against this moto server.
+    pub aws: Option<AwsBackend>,
+}
+
+/// Where the AWS backend of a test server lives.
+#[derive(Clone, Debug)]
+pub struct AwsBackend {
+    pub moto_url: String,
+    pub table: String,
+    pub kms_key_id: String,
+}
+
+impl AwsBackend {
+    /// A fresh table and KMS key on the shared moto server.
+    pub async fn fresh() -> AwsBackend {
+        let moto_url = moto::shared_url();
+        let kms_key_id = aws::kms_key(&moto_url).await;
+        AwsBackend { table: format!("stockpulse-e2e-{}", uuid::Uuid::new_v4().simple()), kms_key_id, moto_url }
+    }
 }
 
 impl ServerOptions {
@@ -101,8 +120,17 @@ impl TestServer {
         let data_dir = options.data_dir.clone().unwrap_or_else(fresh_data_dir);
         let mut vars = options.vars.clone();
         vars.insert("STOCKPULSE_DATA_DIR".into(), data_dir.display().to_string());
+        if let Some(aws) = &options.aws {
+            vars.insert("STOCKPULSE_BACKEND".into(), "aws".into());
+            vars.insert("STOCKPULSE_TABLE".into(), aws.table.clone());
+            vars.insert("STOCKPULSE_KMS_KEY_ID".into(), aws.kms_key_id.clone());
+            vars.insert("STOCKPULSE_CREATE_TABLE".into(), "1".into());
+        }
         let config = Config::from_vars(&vars).expect("test configuration");
-        let app = App::embedded(&config).expect("app");
+        let app = match &options.aws {
+            None => App::embedded(&config).expect("app"),
+            Some(aws) => App::aws(&config, &moto::sdk_config(&aws.moto_url).await).await.expect("app on the AWS backend"),
+        };
         let tokens = match &options.jwks {
             Some((url, issuer, audience)) => TokenVerifier::jwks(url, issuer, audience).await.expect("JWKS verifier"),
             None => TokenVerifier::local(&data_dir).expect("token verifier"),

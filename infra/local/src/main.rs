@@ -1,5 +1,6 @@
 //! `stockpulse-local`: the whole product in one process on embedded storage.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,10 @@ struct Args {
     /// Folder for the SQLite database, the master key and the token secret.
     #[arg(long, env = "STOCKPULSE_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// Storage backend: `embedded` (SQLite + local master key) or `aws` (DynamoDB + KMS, configured
+    /// by the usual AWS environment, e.g. AWS_ENDPOINT_URL for an emulator).
+    #[arg(long, env = "STOCKPULSE_BACKEND", value_parser = ["embedded", "aws"], default_value = "embedded")]
+    backend: String,
     /// Dev mode: enables POST /api/dev/login.
     #[arg(long, env = "STOCKPULSE_DEV")]
     dev: bool,
@@ -38,14 +43,17 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match Config::from_env() {
+    // Flags win over their environment variables; everything else comes from the environment.
+    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    vars.insert("STOCKPULSE_BACKEND".into(), args.backend.clone());
+    vars.insert("STOCKPULSE_DATA_DIR".into(), args.data_dir.display().to_string());
+    let config = match Config::from_vars(&vars) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("stockpulse-local: {e}");
             return ExitCode::from(2);
         }
     };
-    config.data_dir = args.data_dir.clone();
     stockpulse_shared::telemetry::init(config.log_format);
     match run(args, config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,7 +66,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let app = App::embedded(&config)?;
+    let app = App::from_config(&config).await?;
     let tokens = match (&args.jwks_url, &args.jwt_issuer, &args.jwt_audience) {
         (Some(url), Some(issuer), Some(audience)) => TokenVerifier::jwks(url, issuer, audience).await?,
         _ => TokenVerifier::local(&config.data_dir)?,

@@ -11,6 +11,7 @@
 //! | key material | `WS#<workspace>` | `MAT#<key id>#<version, 10 digits>` | the sealed material of one version (KMS vault) |
 //! | audit entry | `AUDIT#<workspace>` | `SEQ#<seq, 20 digits>` | the chain in order (Query ascending) and the audit list (Query descending, filters) |
 //! | audit head | `AUDIT#<workspace>` | `HEAD` | newest seq and hash; the conditional update on it serialises appends |
+//! | system | `SYSTEM` | `<name>` | blobs the backend keeps for itself (the KMS-wrapped fingerprint key) |
 //!
 //! Every mutation and its audit entry (plus the head update) go in one `TransactWriteItems`;
 //! optimistic locking is a condition on `version`; listing is a Query with a cursor, never a
@@ -163,6 +164,48 @@ impl DynamoStore {
         let ttl = build(TimeToLiveSpecification::builder().attribute_name("expires_at").enabled(true).build())?;
         let _ = self.client.update_time_to_live().table_name(&self.table).time_to_live_specification(ttl).send().await;
         Ok(())
+    }
+
+    /// A small blob the backend keeps for itself under `name` (the wrapped fingerprint key),
+    /// created by `create` the first time; every later call, from any process, gets the same one.
+    pub async fn system_blob<F, Fut, E>(&self, name: &str, create: F) -> Result<Vec<u8>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, E>>,
+        E: From<StoreError>,
+    {
+        let read = |item: Item| -> Result<Vec<u8>, StoreError> {
+            item.get("blob")
+                .and_then(|v| v.as_b().ok())
+                .map(|b| b.as_ref().to_vec())
+                .ok_or_else(|| corrupt(format!("system item {name} lacks `blob`")))
+        };
+        if let Some(item) = self.get_item("SYSTEM".into(), name.to_owned()).await? {
+            return Ok(read(item)?);
+        }
+        let blob = create().await?;
+        let mut item = key("SYSTEM".into(), name.to_owned());
+        item.insert("blob".into(), AttributeValue::B(Blob::new(blob.clone())));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(blob),
+            // Another process created it first: use theirs.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                let item = self
+                    .get_item("SYSTEM".into(), name.to_owned())
+                    .await?
+                    .ok_or_else(|| corrupt(format!("system item {name} vanished")))?;
+                Ok(read(item)?)
+            }
+            Err(e) => Err(unavailable(e).into()),
+        }
     }
 
     async fn get_item(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {

@@ -1,0 +1,164 @@
+//! The whole API on the AWS adapters (DynamoDB + KMS envelope vault) against moto: the real
+//! binary with `--backend aws`, no plaintext in any raw item, and ciphertexts bound to their
+//! record by the KMS encryption context.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::json;
+use stockpulse_shared::http::routes::{Operation, ROUTES};
+use stockpulse_tests::{AwsBackend, Client, ServerOptions, TestServer, artifacts_dir, canary, fresh_data_dir, moto};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::gateway_process::{start_with_args, terminate};
+
+/// Every item of the table, as text (a test may Scan; the product never does).
+async fn raw_items(backend: &AwsBackend) -> String {
+    let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&backend.moto_url).await);
+    let mut text = String::new();
+    let mut start = None;
+    loop {
+        let out = client.scan().table_name(&backend.table).set_exclusive_start_key(start.take()).send().await.expect("scan");
+        for item in out.items.unwrap_or_default() {
+            for (name, value) in item {
+                let rendered = match value {
+                    AttributeValue::B(b) => String::from_utf8_lossy(b.as_ref()).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                text.push_str(&format!("{name}={rendered}\n"));
+            }
+        }
+        match out.last_evaluated_key {
+            Some(k) => start = Some(k),
+            None => return text,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
+    let upstream = MockServer::start().await;
+    let key = canary("sk-proj-");
+    let rotated = canary("sk-proj-");
+    for accepted in [&key, &rotated] {
+        Mock::given(method("GET"))
+            .and(path("/models"))
+            .and(header("authorization", format!("Bearer {accepted}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+            .mount(&upstream)
+            .await;
+    }
+    let backend = AwsBackend::fresh().await;
+    let envs = [
+        ("AWS_ENDPOINT_URL", backend.moto_url.clone()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("STOCKPULSE_TABLE", backend.table.clone()),
+        ("STOCKPULSE_KMS_KEY_ID", backend.kms_key_id.clone()),
+        ("STOCKPULSE_CREATE_TABLE", "1".to_owned()),
+        ("STOCKPULSE_UPSTREAM_OPENAI", upstream.uri()),
+    ];
+    let running = start_with_args(&fresh_data_dir(), true, &["--backend", "aws"], &envs);
+    let client = Client::new(&running.url);
+    let login =
+        client.post_json("/api/dev/login", None, &json!({"email": "ops@example.com", "role": "admin", "workspace": "ws-aws-flow"})).await;
+    let token = login.json["token"].as_str().unwrap().to_owned();
+    let mut served = Vec::new();
+
+    served.push(Operation::ProvidersList);
+    assert_eq!(client.get("/api/providers", Some(&token)).await.status, 200);
+    served.push(Operation::KeysCreate);
+    let created =
+        client.post_json("/api/keys", Some(&token), &json!({"provider": "openai", "label": "team", "credentials": {"api_key": key}})).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json["id"].as_str().unwrap().to_owned();
+    served.push(Operation::KeysList);
+    let list = client.get("/api/keys", Some(&token)).await;
+    assert_eq!(list.json["items"].as_array().unwrap().len(), 1, "{}", list.text);
+    served.push(Operation::KeysGet);
+    assert_eq!(client.get(&format!("/api/keys/{id}"), Some(&token)).await.json["label"], "team");
+    served.push(Operation::KeysTest);
+    let tested = client.post_json(&format!("/api/keys/{id}/test"), Some(&token), &json!({})).await;
+    assert_eq!(tested.json["status"], "valid", "{}", tested.text);
+    served.push(Operation::KeysTestCandidate);
+    let candidate =
+        client.post_json("/api/keys/test", Some(&token), &json!({"provider": "openai", "credentials": {"api_key": rotated}})).await;
+    assert_eq!(candidate.json["status"], "valid", "{}", candidate.text);
+    served.push(Operation::KeysUpdate);
+    let updated = client
+        .patch_json(
+            &format!("/api/keys/{id}"),
+            Some(&token),
+            Some("\"1\""),
+            &json!({"label": "rotated", "credentials": {"api_key": rotated}}),
+        )
+        .await;
+    assert_eq!((updated.status, updated.json["key_version"].clone()), (200, json!(2)), "{}", updated.text);
+    let stale = client.patch_json(&format!("/api/keys/{id}"), Some(&token), Some("\"1\""), &json!({"label": "late"})).await;
+    assert_eq!(stale.status, 412);
+    let tested = client.post_json(&format!("/api/keys/{id}/test"), Some(&token), &json!({})).await;
+    assert_eq!(tested.json["status"], "valid", "the new material opens: {}", tested.text);
+    let duplicate =
+        client.post_json("/api/keys", Some(&token), &json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})).await;
+    assert_eq!(duplicate.status, 409);
+    served.push(Operation::AuditList);
+    let audit = client.get("/api/audit?action=key.update", Some(&token)).await;
+    assert_eq!(audit.json["items"].as_array().unwrap().len(), 1, "{}", audit.text);
+    served.push(Operation::KeysDelete);
+    assert_eq!(client.delete(&format!("/api/keys/{id}"), Some(&token), Some("\"2\"")).await.status, 204);
+    assert_eq!(client.get(&format!("/api/keys/{id}"), Some(&token)).await.status, 404);
+    served.push(Operation::AuditVerify);
+    let verify = client.get("/api/audit/verify", Some(&token)).await;
+    assert_eq!(verify.json["ok"], true, "{}", verify.text);
+    assert_eq!(verify.json["checked"], 6, "create, test, candidate test, update, test, delete: {}", verify.text);
+    served.push(Operation::OpenApi);
+    assert_eq!(client.get("/api/openapi.json", None).await.status, 200);
+    for route in ROUTES.iter().filter(|r| !r.dev_only) {
+        assert!(served.contains(&route.operation), "{} {} was not exercised on the AWS backend", route.method, route.path);
+    }
+    terminate(running);
+
+    let raw = raw_items(&backend).await;
+    assert!(raw.contains("AUDIT#ws-aws-flow"), "the scan sees the table");
+    for secret in [&key, &rotated] {
+        assert!(!raw.contains(secret.as_str()), "a raw DynamoDB item holds a key in plaintext");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ciphertext_copied_onto_another_record_fails_to_decrypt() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []}))).mount(&upstream).await;
+    let backend = AwsBackend::fresh().await;
+    let server = TestServer::start_with(
+        ServerOptions { aws: Some(backend.clone()), ..Default::default() }
+            .upstream("openai", &upstream.uri())
+            .upstream("groq", &upstream.uri()),
+    )
+    .await;
+    let token = server.token("admin", "ws-aws-moved").await;
+    let a =
+        server.client.post_json("/api/keys", Some(&token), &json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})).await;
+    let b =
+        server.client.post_json("/api/keys", Some(&token), &json!({"provider": "groq", "credentials": {"api_key": canary("gsk_")}})).await;
+    let (a, b) = (a.json["id"].as_str().unwrap().to_owned(), b.json["id"].as_str().unwrap().to_owned());
+
+    let dynamo = aws_sdk_dynamodb::Client::new(&moto::sdk_config(&backend.moto_url).await);
+    let pk = AttributeValue::S("WS#ws-aws-moved".into());
+    let material_of = |id: &str| AttributeValue::S(format!("MAT#{id}#{:010}", 1));
+    let source =
+        dynamo.get_item().table_name(&backend.table).key("pk", pk.clone()).key("sk", material_of(&a)).send().await.unwrap().item.unwrap();
+    let mut moved = source.clone();
+    moved.insert("sk".into(), material_of(&b));
+    dynamo.put_item().table_name(&backend.table).set_item(Some(moved)).send().await.unwrap();
+
+    let answer = server.client.post_json(&format!("/api/keys/{b}/test"), Some(&token), &json!({})).await;
+    assert_eq!((answer.status, answer.code()), (500, "key_material_unreadable"), "{}", answer.text);
+    let original = server.client.post_json(&format!("/api/keys/{a}/test"), Some(&token), &json!({})).await;
+    assert_eq!(original.json["status"], "valid", "{}", original.text);
+
+    // Keep moto's whole state for the canary scan of the run.
+    let dump = reqwest::get(format!("{}/moto-api/data.json", backend.moto_url)).await.unwrap().text().await.unwrap();
+    std::fs::create_dir_all(artifacts_dir().join("aws")).unwrap();
+    std::fs::write(artifacts_dir().join("aws").join(format!("moto-{}.json", uuid::Uuid::new_v4().simple())), dump).unwrap();
+}
