@@ -75,6 +75,14 @@ impl App {
         })
     }
 
+    /// The consistency check of one workspace (see `domain::consistency`).
+    pub async fn check_consistency(
+        &self,
+        workspace: &str,
+    ) -> Result<crate::domain::consistency::ConsistencyReport, crate::ports::StoreError> {
+        crate::services::consistency::check_workspace(self.keys.store.as_ref(), self.keys.audit.as_ref(), workspace).await
+    }
+
     /// The embedded backend: SQLite in the data directory and the local master key vault.
     pub fn embedded(config: &Config) -> Result<App, StartupError> {
         let store = Arc::new(SqliteStore::open(&config.data_dir.join("stockpulse.db")).map_err(|e| StartupError(e.to_string()))?);

@@ -115,6 +115,9 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<AuditEntry, StoreError>;
     async fn delete(&self, workspace: &str, id: &str, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
     async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError>;
+    /// Everything the store holds for a workspace (records, slots, materials), for the
+    /// consistency check. Reads the whole workspace: an operator's and a test's tool.
+    async fn snapshot(&self, workspace: &str) -> Result<crate::domain::consistency::WorkspaceSnapshot, StoreError>;
     /// Stores a test result (does not change `version`: observations never conflict with edits).
     async fn record_test(
         &self,

@@ -25,6 +25,10 @@ struct Args {
     /// by the usual AWS environment, e.g. AWS_ENDPOINT_URL for an emulator).
     #[arg(long, env = "STOCKPULSE_BACKEND", value_parser = ["embedded", "aws"], default_value = "embedded")]
     backend: String,
+    /// Instead of serving: run the consistency check of this workspace, print it as JSON and
+    /// exit 0 if it holds, 1 if not.
+    #[arg(long, value_name = "WORKSPACE")]
+    check_workspace: Option<String>,
     /// Dev mode: enables POST /api/dev/login.
     #[arg(long, env = "STOCKPULSE_DEV")]
     dev: bool,
@@ -67,6 +71,11 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let app = App::from_config(&config).await?;
+    if let Some(workspace) = &args.check_workspace {
+        let report = app.check_consistency(workspace).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return if report.ok { Ok(()) } else { Err(format!("workspace {workspace} is not consistent").into()) };
+    }
     let tokens = match (&args.jwks_url, &args.jwt_issuer, &args.jwt_audience) {
         (Some(url), Some(issuer), Some(audience)) => TokenVerifier::jwks(url, issuer, audience).await?,
         _ => TokenVerifier::local(&config.data_dir)?,

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod audit;
 pub mod catalog;
+pub mod consistency;
 pub mod environment;
 pub mod keys;
 pub mod masking;

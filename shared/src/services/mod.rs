@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod connection_test;
+pub mod consistency;
 pub mod cursor;
 pub mod error;
 pub mod keys;

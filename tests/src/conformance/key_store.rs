@@ -31,6 +31,7 @@ macro_rules! key_store_conformance {
             audit_list_filters_and_pages_newest_first,
             concurrent_updates_with_one_version_exactly_one_wins,
             concurrent_appends_keep_the_chain_whole,
+            snapshot_shows_the_whole_workspace_and_it_checks_clean,
         );
     };
     (@tests $make:expr; $($name:ident),+ $(,)?) => {
@@ -360,4 +361,35 @@ pub async fn concurrent_appends_keep_the_chain_whole(stores: &Stores) {
         "{report:?}, head {head:?}, links {:?}",
         entries.iter().map(|e| (e.seq, &e.prev_hash[..8], &e.hash[..8])).collect::<Vec<_>>()
     );
+}
+
+pub async fn snapshot_shows_the_whole_workspace_and_it_checks_clean(stores: &Stores) {
+    let ws = workspace("snapshot");
+    let kept = record(&ws, "openai", Environment::Production);
+    let edited = record(&ws, "groq", Environment::Development);
+    let deleted = record(&ws, "mistral", Environment::Production);
+    for r in [&kept, &edited, &deleted] {
+        insert(stores, r).await;
+    }
+    let mut next = edited.clone();
+    next.version = 2;
+    next.key_version = 2;
+    stores.keys.update(&next, 1, Some(&sealed(3)), draft(&ws, action::KEY_UPDATE, "groq", Some(&edited.id))).await.unwrap();
+    stores.keys.delete(&ws, &deleted.id, 1, draft(&ws, action::KEY_DELETE, "mistral", Some(&deleted.id))).await.unwrap();
+
+    let snapshot = stores.keys.snapshot(&ws).await.unwrap();
+    let mut ids: Vec<&str> = snapshot.records.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![kept.id.as_str(), edited.id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let mut materials = snapshot.materials.clone();
+    materials.sort();
+    let mut expected_materials = vec![(kept.id.clone(), 1), (edited.id.clone(), 2)];
+    expected_materials.sort();
+    assert_eq!(materials, expected_materials);
+    assert_eq!(snapshot.slots.len(), 2);
+    let report = stockpulse_shared::services::consistency::check_workspace(stores.keys.as_ref(), stores.audit.as_ref(), &ws).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records, report.materials, report.audit_entries), (2, 2, 5));
 }

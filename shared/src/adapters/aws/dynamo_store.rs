@@ -34,6 +34,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::domain::access::Role;
 use crate::domain::audit::{AuditDraft, AuditEntry, GENESIS_HASH, Outcome};
+use crate::domain::consistency::WorkspaceSnapshot;
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
 use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreError};
@@ -556,6 +557,26 @@ impl KeyStore for DynamoStore {
         let Some(item) = self.get_item(ws_pk(workspace), material_sk(id, key_version)).await? else { return Ok(None) };
         let blob = item.get("blob").and_then(|v| v.as_b().ok()).ok_or_else(|| corrupt("material lacks `blob`"))?;
         Ok(Some(SealedMaterial { scheme: get_s(&item, "scheme")?.to_owned(), blob: blob.as_ref().to_vec() }))
+    }
+
+    async fn snapshot(&self, workspace: &str) -> Result<WorkspaceSnapshot, StoreError> {
+        // One Query of the workspace partition: records, slots and materials live there together.
+        let items = self.query_range(ws_pk(workspace), "KEY#".into(), "SLOT$".into(), true, None).await?;
+        let mut snapshot = WorkspaceSnapshot::default();
+        for item in &items {
+            let sk = get_s(item, "sk")?;
+            if sk.starts_with("KEY#") {
+                snapshot.records.push(Self::record_from(workspace, item)?);
+            } else if let Some(rest) = sk.strip_prefix("SLOT#") {
+                let (provider, environment) = rest.rsplit_once('#').ok_or_else(|| corrupt(format!("slot `{sk}`")))?;
+                let environment = Environment::parse(environment).ok_or_else(|| corrupt(format!("slot `{sk}`")))?;
+                snapshot.slots.push((provider.to_owned(), environment, get_s(item, "key_id")?.to_owned()));
+            } else if let Some(rest) = sk.strip_prefix("MAT#") {
+                let (id, version) = rest.rsplit_once('#').ok_or_else(|| corrupt(format!("material `{sk}`")))?;
+                snapshot.materials.push((id.to_owned(), version.parse().map_err(|_| corrupt(format!("material `{sk}`")))?));
+            }
+        }
+        Ok(snapshot)
     }
 
     async fn record_test(

@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::domain::access::Role;
 use crate::domain::audit::{AuditDraft, AuditEntry, GENESIS_HASH, Outcome};
+use crate::domain::consistency::WorkspaceSnapshot;
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
 use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreError};
@@ -369,6 +370,29 @@ impl KeyStore for SqliteStore {
             )
             .optional()
             .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn snapshot(&self, workspace: &str) -> Result<WorkspaceSnapshot, StoreError> {
+        let workspace = workspace.to_owned();
+        self.run(move |conn| {
+            let mut records = Vec::new();
+            let mut stmt = conn.prepare_cached("SELECT doc FROM keys WHERE workspace = ?1 ORDER BY id").map_err(unavailable)?;
+            let docs: Vec<String> =
+                stmt.query_map([&workspace], |r| r.get(0)).map_err(unavailable)?.collect::<Result<_, _>>().map_err(unavailable)?;
+            for doc in &docs {
+                records.push(record_from(&workspace, doc)?);
+            }
+            // The UNIQUE (workspace, provider, environment) constraint is the slot.
+            let slots = records.iter().map(|r: &KeyRecord| (r.provider.clone(), r.environment, r.id.clone())).collect();
+            let mut stmt = conn.prepare_cached("SELECT key_id, key_version FROM key_material WHERE workspace = ?1").map_err(unavailable)?;
+            let materials = stmt
+                .query_map([&workspace], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            Ok(WorkspaceSnapshot { records, slots, materials })
         })
         .await
     }
