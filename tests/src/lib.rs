@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod canary;
 pub mod conformance;
+pub mod fault_proxy;
 pub mod moto;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub fn init_logging() {
 /// A running gateway on 127.0.0.1 with its own data folder (kept for the canary scan).
 pub struct TestServer {
     pub url: String,
+    /// The same app the gateway serves, for checks that go around the API.
+    pub app: Arc<Gateway>,
     pub data_dir: PathBuf,
     pub client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -80,6 +83,8 @@ pub struct AwsBackend {
     pub moto_url: String,
     pub table: String,
     pub kms_key_id: String,
+    /// Talk to moto through this URL instead (a `FaultProxy`).
+    pub via: Option<String>,
 }
 
 impl AwsBackend {
@@ -87,7 +92,12 @@ impl AwsBackend {
     pub async fn fresh() -> AwsBackend {
         let moto_url = moto::shared_url();
         let kms_key_id = aws::kms_key(&moto_url).await;
-        AwsBackend { table: format!("stockpulse-e2e-{}", uuid::Uuid::new_v4().simple()), kms_key_id, moto_url }
+        AwsBackend { table: format!("stockpulse-e2e-{}", uuid::Uuid::new_v4().simple()), kms_key_id, moto_url, via: None }
+    }
+
+    /// Where the server's AWS clients connect.
+    pub fn endpoint(&self) -> &str {
+        self.via.as_deref().unwrap_or(&self.moto_url)
     }
 }
 
@@ -129,13 +139,14 @@ impl TestServer {
         let config = Config::from_vars(&vars).expect("test configuration");
         let app = match &options.aws {
             None => App::embedded(&config).expect("app"),
-            Some(aws) => App::aws(&config, &moto::sdk_config(&aws.moto_url).await).await.expect("app on the AWS backend"),
+            Some(aws) => App::aws(&config, &moto::sdk_config(aws.endpoint()).await).await.expect("app on the AWS backend"),
         };
         let tokens = match &options.jwks {
             Some((url, issuer, audience)) => TokenVerifier::jwks(url, issuer, audience).await.expect("JWKS verifier"),
             None => TokenVerifier::local(&data_dir).expect("token verifier"),
         };
         let gateway = Arc::new(Gateway { app, tokens, dev: !options.no_dev, static_dir: workspace_root().join("frontend/placeholder") });
+        let shared = gateway.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -146,7 +157,7 @@ impl TestServer {
             .await
             .expect("serve");
         });
-        TestServer { url: url.clone(), data_dir, client: Client::new(&url), stop: Some(stop), task: Some(task) }
+        TestServer { url: url.clone(), app: shared, data_dir, client: Client::new(&url), stop: Some(stop), task: Some(task) }
     }
 
     /// Stops the server and waits until it has closed its database.
@@ -187,6 +198,11 @@ impl TestServer {
             "cognito:groups": [role], "custom:workspace": workspace,
             "iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "iat": now, "exp": now + 3600,
         })
+    }
+
+    /// The consistency check of a workspace, straight on the server's stores.
+    pub async fn app_consistency(&self, workspace: &str) -> stockpulse_shared::domain::consistency::ConsistencyReport {
+        self.app.app.check_consistency(workspace).await.expect("the consistency check runs")
     }
 
     pub fn sqlite_path(&self) -> PathBuf {

@@ -103,7 +103,20 @@ pub fn shared_url() -> String {
 
 /// SDK configuration pointing every client at `url` with dummy credentials.
 pub async fn sdk_config(url: &str) -> SdkConfig {
+    sdk_config_with_retries(url, 3).await
+}
+
+/// `sdk_config` with the standard retry mode limited to `attempts` and millisecond backoffs, so
+/// that outage tests fail over quickly.
+pub async fn sdk_config_with_retries(url: &str, attempts: u32) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(attempts)
+                .with_initial_backoff(Duration::from_millis(5))
+                .with_max_backoff(Duration::from_millis(50)),
+        )
+        .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_attempt_timeout(Duration::from_secs(5)).build())
         .endpoint_url(url)
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))
