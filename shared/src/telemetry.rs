@@ -24,8 +24,9 @@ pub fn filter(default: &str) -> EnvFilter {
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
     let filter = filter("info");
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    // Logs go to stderr: stdout stays free for what a command prints (the consistency report).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -5,6 +5,7 @@
 mod audit_trail;
 mod auth_matrix;
 mod aws_backend;
+mod aws_costs;
 mod aws_faults;
 mod bad_input;
 mod concurrency;
