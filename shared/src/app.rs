@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::adapters::aws::{DynamoStore, KmsVault};
+use crate::adapters::aws::{DynamoStore, KmsVault, SecretsManagerVault};
 use crate::adapters::embedded::{LocalVault, SqliteStore};
 use crate::adapters::upstream::ReqwestUpstream;
 use crate::config::{Backend, Config, VaultKind};
@@ -52,6 +52,20 @@ impl App {
                 let fingerprint_key =
                     KmsVault::unwrap_fingerprint_key(&kms, &key_id, &wrapped).await.map_err(|e| StartupError(e.to_string()))?;
                 Arc::new(KmsVault::new(kms, key_id, fingerprint_key))
+            }
+            VaultKind::SecretsManager => {
+                let client = aws_sdk_secretsmanager::Client::new(sdk);
+                let fingerprint_key =
+                    SecretsManagerVault::load_fingerprint_key(&client, &config.secret_prefix, config.kms_key_id.as_deref())
+                        .await
+                        .map_err(|e| StartupError(e.to_string()))?;
+                Arc::new(SecretsManagerVault::new(
+                    client,
+                    config.secret_prefix.clone(),
+                    config.kms_key_id.clone(),
+                    config.secret_recovery_days,
+                    fingerprint_key,
+                ))
             }
         };
         tracing::info!(table = %config.table, vault = ?config.vault, "AWS backend ready");

@@ -33,6 +33,8 @@ pub enum VaultKind {
     Local,
     /// KMS envelope encryption (`GenerateDataKey` + AES-256-GCM).
     Kms,
+    /// One Secrets Manager secret per key record.
+    SecretsManager,
 }
 
 pub struct Config {
@@ -45,8 +47,14 @@ pub struct Config {
     /// `STOCKPULSE_CREATE_TABLE`: create the table if it is missing (local use and tests; the
     /// deployment's template creates it in production).
     pub create_table: bool,
-    /// `STOCKPULSE_KMS_KEY_ID`: the KMS key (id, ARN or alias) of the KMS vault.
+    /// `STOCKPULSE_KMS_KEY_ID`: the KMS key (id, ARN or alias) of the KMS vault; with the
+    /// Secrets Manager vault, the key its secrets are encrypted with (optional).
     pub kms_key_id: Option<String>,
+    /// `STOCKPULSE_SECRET_PREFIX`: name prefix of the Secrets Manager vault's secrets
+    /// (default `stockpulse/`; secrets are `<prefix><workspace>/<key id>`).
+    pub secret_prefix: String,
+    /// `STOCKPULSE_SECRET_RECOVERY_DAYS`: recovery window of deleted secrets, 7 to 30 (default 30).
+    pub secret_recovery_days: i64,
     /// `STOCKPULSE_DATA_DIR`: SQLite file and master key file of the embedded backend.
     pub data_dir: PathBuf,
     /// `STOCKPULSE_MASTER_KEY`: base64 or hex of 32 bytes; else `<data dir>/master.key`.
@@ -101,14 +109,25 @@ impl Config {
         let vault = match (get("STOCKPULSE_VAULT"), backend) {
             (None, Backend::Embedded) | (Some("local"), _) => VaultKind::Local,
             (None, Backend::Aws) | (Some("kms"), _) => VaultKind::Kms,
-            (Some(other), _) => return Err(ConfigError(format!("STOCKPULSE_VAULT must be local or kms, not `{other}`"))),
+            (Some("secretsmanager"), _) => VaultKind::SecretsManager,
+            (Some(other), _) => return Err(ConfigError(format!("STOCKPULSE_VAULT must be local, kms or secretsmanager, not `{other}`"))),
         };
         let kms_key_id = get("STOCKPULSE_KMS_KEY_ID").map(str::to_owned);
         if vault == VaultKind::Kms && kms_key_id.is_none() {
             return Err(ConfigError("the kms vault needs STOCKPULSE_KMS_KEY_ID (a KMS key id, ARN or alias)".into()));
         }
+        let secret_recovery_days = match get("STOCKPULSE_SECRET_RECOVERY_DAYS") {
+            None => 30,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|d| (7..=30).contains(d))
+                .ok_or_else(|| ConfigError("STOCKPULSE_SECRET_RECOVERY_DAYS must be a number of days from 7 to 30".into()))?,
+        };
         Ok(Config {
             backend,
+            secret_prefix: get("STOCKPULSE_SECRET_PREFIX").unwrap_or("stockpulse/").to_owned(),
+            secret_recovery_days,
             vault,
             table: get("STOCKPULSE_TABLE").unwrap_or("stockpulse").to_owned(),
             create_table: matches!(get("STOCKPULSE_CREATE_TABLE"), Some("1" | "true")),

@@ -59,8 +59,9 @@ pub trait KeyVault: Send + Sync {
     /// Keyed fingerprint (HMAC-SHA-256, hex) of a credential value: identifies a key in records
     /// and audit entries without revealing it, and cannot be brute-forced without the server key.
     fn fingerprint(&self, value: &KeyMaterial) -> String;
-    /// Releases the material of one version (the local vault keeps nothing outside the store).
-    async fn destroy(&self, _binding: Binding<'_>, _sealed: &SealedMaterial) -> Result<(), VaultError> {
+    /// Destroys what the vault keeps outside the store for a key (Secrets Manager secrets), once
+    /// its record is gone. Vaults whose material lives in the store keep nothing: no-op.
+    async fn forget(&self, _workspace: &str, _key_id: &str) -> Result<(), VaultError> {
         Ok(())
     }
 }

@@ -157,8 +157,56 @@ async fn a_ciphertext_copied_onto_another_record_fails_to_decrypt() {
     let original = server.client.post_json(&format!("/api/keys/{a}/test"), Some(&token), &json!({})).await;
     assert_eq!(original.json["status"], "valid", "{}", original.text);
 
-    // Keep moto's whole state for the canary scan of the run.
-    let dump = reqwest::get(format!("{}/moto-api/data.json", backend.moto_url)).await.unwrap().text().await.unwrap();
+    // Keep moto's DynamoDB and KMS state for the canary scan of the run. (Secrets Manager is left
+    // out: the Secrets Manager vault's tests store values there by design, encrypted at rest by
+    // the service.)
+    let dump: serde_json::Value = reqwest::get(format!("{}/moto-api/data.json", backend.moto_url)).await.unwrap().json().await.unwrap();
+    let dump = json!({"dynamodb": dump["dynamodb"], "kms": dump["kms"]}).to_string();
+    assert!(dump.contains("WS#ws-aws-moved"), "the dump holds the table's items");
     std::fs::create_dir_all(artifacts_dir().join("aws")).unwrap();
     std::fs::write(artifacts_dir().join("aws").join(format!("moto-{}.json", uuid::Uuid::new_v4().simple())), dump).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_manager_vault_keeps_one_tagged_secret_per_key_and_deletes_it_with_the_key() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []}))).mount(&upstream).await;
+    let mut backend = AwsBackend::fresh().await;
+    let prefix = format!("stockpulse-e2e-{}/", uuid::Uuid::new_v4().simple());
+    backend.secrets_prefix = Some(prefix.clone());
+    let server =
+        TestServer::start_with(ServerOptions { aws: Some(backend.clone()), ..Default::default() }.upstream("openai", &upstream.uri()))
+            .await;
+    let token = server.token("admin", "ws-aws-sm").await;
+    let key = canary("sk-proj-");
+    let created = server.client.post_json("/api/keys", Some(&token), &json!({"provider": "openai", "credentials": {"api_key": key}})).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.client.post_json(&format!("/api/keys/{id}/test"), Some(&token), &json!({})).await.json["status"], "valid");
+    let replaced = server
+        .client
+        .patch_json(&format!("/api/keys/{id}"), Some(&token), None, &json!({"credentials": {"api_key": canary("sk-proj-")}}))
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text);
+    assert_eq!(server.client.post_json(&format!("/api/keys/{id}/test"), Some(&token), &json!({})).await.json["status"], "valid");
+
+    let secrets = aws_sdk_secretsmanager::Client::new(&moto::sdk_config(&backend.moto_url).await);
+    let name = format!("{prefix}ws-aws-sm/{id}");
+    let described = secrets.describe_secret().secret_id(&name).send().await.expect("one secret per key, named by workspace and key");
+    let tags: Vec<(String, String)> =
+        described.tags().iter().map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned())).collect();
+    assert!(tags.contains(&("stockpulse:workspace".to_owned(), "ws-aws-sm".to_owned())), "{tags:?}");
+    let stages: Vec<Vec<String>> = described.version_ids_to_stages().map(|m| m.values().cloned().collect()).unwrap_or_default();
+    assert!(
+        stages.iter().any(|s| s.contains(&"AWSCURRENT".to_owned())) && stages.iter().any(|s| s.contains(&"AWSPREVIOUS".to_owned())),
+        "{stages:?}"
+    );
+    // The table holds only a reference, never the value.
+    assert!(!raw_items(&backend).await.contains(&key));
+
+    assert_eq!(server.client.delete(&format!("/api/keys/{id}"), Some(&token), None).await.status, 204);
+    let deleted = secrets.describe_secret().secret_id(&name).send().await.expect("still described during its recovery window");
+    assert!(deleted.deleted_date().is_some(), "deleting the key schedules its secret's deletion");
+    let report = server.app_consistency("ws-aws-sm").await;
+    assert!(report.ok, "{report:?}");
 }

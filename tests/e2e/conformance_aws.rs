@@ -7,3 +7,7 @@ mod dynamo_store {
 mod kms_vault {
     stockpulse_tests::key_vault_conformance!(stockpulse_tests::aws::kms_vault());
 }
+
+mod secrets_manager_vault {
+    stockpulse_tests::key_vault_conformance!(stockpulse_tests::aws::secrets_manager_vault());
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use stockpulse_shared::adapters::aws::{DynamoStore, KmsVault};
+use stockpulse_shared::adapters::aws::{DynamoStore, KmsVault, SecretsManagerVault};
 use stockpulse_shared::ports::KeyVault;
 
 use crate::conformance::Stores;
@@ -41,4 +41,13 @@ pub async fn kms_vault() -> Arc<dyn KeyVault> {
     let wrapped = KmsVault::new_wrapped_fingerprint_key(&client, &key_id).await.expect("fingerprint key");
     let fingerprint_key = KmsVault::unwrap_fingerprint_key(&client, &key_id, &wrapped).await.expect("unwrap fingerprint key");
     Arc::new(KmsVault::new(client, key_id, fingerprint_key))
+}
+
+/// A Secrets Manager vault under a name prefix of its own.
+pub async fn secrets_manager_vault() -> Arc<dyn KeyVault> {
+    let url = moto::shared_url();
+    let client = aws_sdk_secretsmanager::Client::new(&moto::sdk_config(&url).await);
+    let prefix = format!("stockpulse-test-{}/", uuid::Uuid::new_v4().simple());
+    let fingerprint_key = SecretsManagerVault::load_fingerprint_key(&client, &prefix, None).await.expect("fingerprint key");
+    Arc::new(SecretsManagerVault::new(client, prefix, None, 7, fingerprint_key))
 }

@@ -85,6 +85,8 @@ pub struct AwsBackend {
     pub kms_key_id: String,
     /// Talk to moto through this URL instead (a `FaultProxy`).
     pub via: Option<String>,
+    /// Seal with Secrets Manager (under this name prefix) instead of the KMS envelope vault.
+    pub secrets_prefix: Option<String>,
 }
 
 impl AwsBackend {
@@ -92,7 +94,13 @@ impl AwsBackend {
     pub async fn fresh() -> AwsBackend {
         let moto_url = moto::shared_url();
         let kms_key_id = aws::kms_key(&moto_url).await;
-        AwsBackend { table: format!("stockpulse-e2e-{}", uuid::Uuid::new_v4().simple()), kms_key_id, moto_url, via: None }
+        AwsBackend {
+            table: format!("stockpulse-e2e-{}", uuid::Uuid::new_v4().simple()),
+            kms_key_id,
+            moto_url,
+            via: None,
+            secrets_prefix: None,
+        }
     }
 
     /// Where the server's AWS clients connect.
@@ -135,6 +143,11 @@ impl TestServer {
             vars.insert("STOCKPULSE_TABLE".into(), aws.table.clone());
             vars.insert("STOCKPULSE_KMS_KEY_ID".into(), aws.kms_key_id.clone());
             vars.insert("STOCKPULSE_CREATE_TABLE".into(), "1".into());
+            if let Some(prefix) = &aws.secrets_prefix {
+                vars.insert("STOCKPULSE_VAULT".into(), "secretsmanager".into());
+                vars.insert("STOCKPULSE_SECRET_PREFIX".into(), prefix.clone());
+                vars.insert("STOCKPULSE_SECRET_RECOVERY_DAYS".into(), "7".into());
+            }
         }
         let config = Config::from_vars(&vars).expect("test configuration");
         let app = match &options.aws {

@@ -162,12 +162,17 @@ impl KeyService {
             last_verified_at: None,
             last_test: None,
         };
-        let sealed = self.vault.seal(Binding { workspace: &record.workspace, key_id: &record.id, version: 1 }, &credentials).await?;
+        let binding = Binding { workspace: &record.workspace, key_id: &record.id, version: 1 };
+        let sealed = self.vault.seal(binding, &credentials).await?;
         let draft = AuditDraft::new(caller, meta, action::KEY_CREATE, Outcome::Success)
             .target(&provider.id, record.environment, Some(&record.id))
             .fingerprint(&record.fingerprint)
             .detail(format!("fields: {}", record.masked.keys().cloned().collect::<Vec<_>>().join(",")));
-        self.store.insert(&record, &sealed, draft).await?;
+        if let Err(e) = self.store.insert(&record, &sealed, draft).await {
+            // The record was not stored: leave no secret behind in a vault that keeps its own.
+            self.release(&record.workspace, &record.id).await;
+            return Err(e.into());
+        }
         tracing::info!(key_id = %record.id, provider = %provider.id, environment = record.environment.as_str(), workspace = %caller.workspace, "key created");
         Ok(Saved { record, warnings })
     }
@@ -295,8 +300,18 @@ impl KeyService {
             .target(&provider.id, current.environment, Some(id))
             .fingerprint(&current.fingerprint);
         self.store.delete(&caller.workspace, id, current.version, draft).await?;
+        self.release(&current.workspace, id).await;
         tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key deleted");
         Ok(())
+    }
+
+    /// Asks the vault to destroy material it keeps outside the store (Secrets Manager secrets).
+    /// Best effort: the record is already gone or was never stored; a failure is logged for an
+    /// operator, and the consistency of the store does not depend on it.
+    async fn release(&self, workspace: &str, key_id: &str) {
+        if let Err(e) = self.vault.forget(workspace, key_id).await {
+            tracing::warn!(key_id, workspace, error = %e, "could not release key material in the vault");
+        }
     }
 
     /// Tests a stored key and records the result on it.

@@ -5,9 +5,11 @@
 
 pub mod dynamo_store;
 pub mod kms_vault;
+pub mod secrets_manager_vault;
 
 pub use dynamo_store::DynamoStore;
 pub use kms_vault::KmsVault;
+pub use secrets_manager_vault::SecretsManagerVault;
 
 /// The shared SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`).
 pub async fn sdk_config() -> aws_config::SdkConfig {
