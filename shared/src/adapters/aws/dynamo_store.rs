@@ -13,10 +13,20 @@
 //! | audit head | `AUDIT#<workspace>` | `HEAD` | newest seq and hash; the conditional update on it serialises appends |
 //! | system | `SYSTEM` | `<name>` | blobs the backend keeps for itself (the KMS-wrapped fingerprint key) |
 //!
+//! Items the later ports add to the same table (designed now, so the keys do not collide):
+//!
+//! | item | pk | sk | serves |
+//! |---|---|---|---|
+//! | usage by day | `USAGE#<workspace>#<provider>#<environment>` | `DAY#<yyyy-mm-dd>` | counters (requests, errors, cache hits, tokens) added with one `UpdateItem ADD`; charts Query a day range |
+//! | rate window / quota | `QUOTA#<workspace>#<provider>#<environment>` | `MIN#<epoch minute>`, `DAY#<date>`, `MONTH#<yyyy-mm>` | one conditional `UpdateItem` decides limit + quota + usage together; minute items expire through `expires_at` |
+//! | quota policy | `WS#<workspace>` | `POLICY#<provider>#<environment>` | read with the key on the proxy's path |
+//! | cache entry | `CACHE#<sha-256 of workspace, provider, environment, request>` | `ENTRY` | GetItem by hash; `expires_at` TTL |
+//! | notification | `NOTIFY#<workspace>` | `<time>#<id>` | a workspace's notifications, newest first |
+//! | rotation due (sparse GSI `gsi1`) | `gsi1pk = DUE` | `gsi1sk = <due time>#<workspace>#<key id>` | the scheduler's Query of keys due for rotation or re-verification, without a Scan |
+//!
 //! Every mutation and its audit entry (plus the head update) go in one `TransactWriteItems`;
 //! optimistic locking is a condition on `version`; listing is a Query with a cursor, never a
-//! Scan. Usage, quota, cache and notification items of later issues get their own `pk`/`sk`
-//! prefixes in this table. Sees sealed material only, never plaintext.
+//! Scan. Sees sealed material only, never plaintext.
 
 use std::collections::HashMap;
 use std::time::Duration;
