@@ -5,6 +5,7 @@ pub mod audit;
 pub mod catalog;
 pub mod consistency;
 pub mod environment;
+pub mod fingerprint;
 pub mod keys;
 pub mod masking;
 pub mod redaction;

@@ -18,10 +18,9 @@ use aws_sdk_kms::Client;
 use aws_sdk_kms::error::SdkError;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::domain::fingerprint::keyed_fingerprint;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
 
@@ -163,8 +162,6 @@ impl KeyVault for KmsVault {
     }
 
     fn fingerprint(&self, value: &KeyMaterial) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&*self.fingerprint_key).expect("HMAC takes any key length");
-        mac.update(value.expose().as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        keyed_fingerprint(&self.fingerprint_key, value)
     }
 }

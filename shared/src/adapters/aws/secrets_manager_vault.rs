@@ -14,11 +14,10 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::SdkError;
 use aws_sdk_secretsmanager::types::Tag;
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::domain::fingerprint::keyed_fingerprint;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
 
@@ -196,9 +195,7 @@ impl KeyVault for SecretsManagerVault {
     }
 
     fn fingerprint(&self, value: &KeyMaterial) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&*self.fingerprint_key).expect("HMAC takes any key length");
-        mac.update(value.expose().as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        keyed_fingerprint(&self.fingerprint_key, value)
     }
 
     async fn forget(&self, workspace: &str, key_id: &str) -> Result<(), VaultError> {

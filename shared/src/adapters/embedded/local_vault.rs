@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::secret_file::{SecretFileError, decode_secret, load_or_create};
+use crate::domain::fingerprint::keyed_fingerprint;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
 
@@ -117,10 +118,7 @@ impl KeyVault for LocalVault {
     }
 
     fn fingerprint(&self, value: &KeyMaterial) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&*self.fingerprint_key).expect("HMAC takes any key length");
-        mac.update(value.expose().as_bytes());
-        // 128 bits: plenty to tell keys apart, short enough to read.
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        keyed_fingerprint(&self.fingerprint_key, value)
     }
 }
 
