@@ -3,4 +3,5 @@
 
 pub mod aws;
 pub mod embedded;
+pub mod sealing;
 pub mod upstream;

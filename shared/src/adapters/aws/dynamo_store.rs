@@ -53,6 +53,14 @@ use super::describe;
 
 type Item = HashMap<String, AttributeValue>;
 
+/// A Query's filter: conditions joined with AND, and their placeholders.
+#[derive(Default)]
+struct QueryFilter {
+    conditions: Vec<&'static str>,
+    names: Vec<(&'static str, &'static str)>,
+    values: Vec<(&'static str, AttributeValue)>,
+}
+
 /// Appends that lose a race for the chain head try again this many times.
 const MAX_ATTEMPTS: usize = 12;
 
@@ -232,7 +240,8 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Every item of a partition whose sort key is in `[from, to]`, in order (all pages).
+    /// Every item of a partition whose sort key is in `[from, to]`, in order, over as many pages
+    /// as it takes; with `limit`, at most that many; with `filter`, only the items it matches.
     async fn query_range(
         &self,
         pk: String,
@@ -240,6 +249,7 @@ impl DynamoStore {
         to: String,
         forward: bool,
         limit: Option<usize>,
+        filter: Option<&QueryFilter>,
     ) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
@@ -256,13 +266,31 @@ impl DynamoStore {
                 .scan_index_forward(forward)
                 .set_exclusive_start_key(start.take());
             if let Some(limit) = limit {
-                query = query.limit((limit - items.len()).min(1000) as i32);
+                // A filter is applied after the page is read: read ahead so that sparse matches
+                // do not take one round trip each.
+                let remaining = limit - items.len();
+                let page = if filter.is_some() { remaining * 4 } else { remaining };
+                query = query.limit(page.min(1000) as i32);
+            }
+            if let Some(filter) = filter.filter(|f| !f.conditions.is_empty()) {
+                query = query.filter_expression(filter.conditions.join(" AND "));
+                for (placeholder, name) in &filter.names {
+                    query = query.expression_attribute_names(*placeholder, *name);
+                }
+                for (placeholder, value) in &filter.values {
+                    query = query.expression_attribute_values(*placeholder, value.clone());
+                }
             }
             let out = query.send().await.map_err(unavailable)?;
             items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(k) if limit.is_none_or(|l| items.len() < l) => start = Some(k),
-                _ => return Ok(items),
+                _ => {
+                    if let Some(limit) = limit {
+                        items.truncate(limit);
+                    }
+                    return Ok(items);
+                }
             }
         }
     }
@@ -440,7 +468,7 @@ impl DynamoStore {
     }
 
     async fn material_items(&self, workspace: &str, id: &str) -> Result<Vec<Item>, StoreError> {
-        self.query_range(ws_pk(workspace), format!("MAT#{id}#"), format!("MAT#{id}#~"), true, None).await
+        self.query_range(ws_pk(workspace), format!("MAT#{id}#"), format!("MAT#{id}#~"), true, None, None).await
     }
 }
 
@@ -472,7 +500,7 @@ impl KeyStore for DynamoStore {
     async fn list(&self, workspace: &str, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError> {
         // `~` sorts after every id character, so `KEY#<after>~` starts right after `after`.
         let from = after.map(|a| format!("KEY#{a}~")).unwrap_or_else(|| "KEY#".to_owned());
-        let items = self.query_range(ws_pk(workspace), from, "KEY#~".into(), true, Some(limit + 1)).await?;
+        let items = self.query_range(ws_pk(workspace), from, "KEY#~".into(), true, Some(limit + 1), None).await?;
         let mut records = items.iter().map(|i| Self::record_from(workspace, i)).collect::<Result<Vec<_>, _>>()?;
         let next = if records.len() > limit {
             records.truncate(limit);
@@ -571,7 +599,7 @@ impl KeyStore for DynamoStore {
 
     async fn snapshot(&self, workspace: &str) -> Result<WorkspaceSnapshot, StoreError> {
         // One Query of the workspace partition: records, slots and materials live there together.
-        let items = self.query_range(ws_pk(workspace), "KEY#".into(), "SLOT$".into(), true, None).await?;
+        let items = self.query_range(ws_pk(workspace), "KEY#".into(), "SLOT$".into(), true, None, None).await?;
         let mut snapshot = WorkspaceSnapshot::default();
         for item in &items {
             let sk = get_s(item, "sk")?;
@@ -638,9 +666,8 @@ impl AuditLog for DynamoStore {
             None => "SEQ#~".to_owned(),
         };
         // Attribute names go through placeholders: `action` and `time` are DynamoDB reserved words.
-        let mut conditions = Vec::new();
-        let mut values: Vec<(&str, AttributeValue)> = Vec::new();
-        let mut names: Vec<(&str, &str)> = Vec::new();
+        let mut query = QueryFilter::default();
+        let QueryFilter { conditions, names, values } = &mut query;
         if let Some(a) = &filter.action {
             conditions.push("#action = :action");
             values.push((":action", s(a.clone())));
@@ -672,39 +699,8 @@ impl AuditLog for DynamoStore {
         if filter.from.is_some() || filter.to.is_some() {
             names.push(("#time", "time"));
         }
-        let mut entries = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let mut query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-                .expression_attribute_values(":pk", s(audit_pk(workspace)))
-                .expression_attribute_values(":lo", s("SEQ#"))
-                .expression_attribute_values(":hi", s(to.clone()))
-                .scan_index_forward(false)
-                .set_exclusive_start_key(start.take())
-                .limit(((limit + 1) * 4).min(1000) as i32);
-            if !conditions.is_empty() {
-                query = query.filter_expression(conditions.join(" AND "));
-            }
-            for (placeholder, name) in &names {
-                query = query.expression_attribute_names(*placeholder, *name);
-            }
-            for (name, value) in &values {
-                query = query.expression_attribute_values(*name, value.clone());
-            }
-            let out = query.send().await.map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                entries.push(Self::audit_from(&item)?);
-            }
-            match out.last_evaluated_key {
-                Some(k) if entries.len() <= limit => start = Some(k),
-                _ => break,
-            }
-        }
+        let items = self.query_range(audit_pk(workspace), "SEQ#".into(), to, false, Some(limit + 1), Some(&query)).await?;
+        let mut entries = items.iter().map(Self::audit_from).collect::<Result<Vec<_>, _>>()?;
         let next = if entries.len() > limit {
             entries.truncate(limit);
             entries.last().map(|e| e.seq.to_string())
@@ -715,7 +711,7 @@ impl AuditLog for DynamoStore {
     }
 
     async fn chain_slice(&self, workspace: &str, after_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let items = self.query_range(audit_pk(workspace), seq_sk(after_seq + 1), "SEQ#~".into(), true, Some(limit)).await?;
+        let items = self.query_range(audit_pk(workspace), seq_sk(after_seq + 1), "SEQ#~".into(), true, Some(limit), None).await?;
         items.iter().map(Self::audit_from).collect()
     }
 

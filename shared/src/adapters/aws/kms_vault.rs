@@ -11,8 +11,6 @@
 
 use std::collections::HashMap;
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
-use aes_gcm::{Aes256Gcm, Nonce};
 use async_trait::async_trait;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::SdkError;
@@ -20,13 +18,13 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use zeroize::Zeroizing;
 
+use crate::adapters::sealing;
 use crate::domain::fingerprint::keyed_fingerprint;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
 
 pub const SCHEME: &str = "kms-envelope-aes256gcm";
 const FORMAT: u8 = 2;
-const NONCE_LEN: usize = 12;
 
 pub struct KmsVault {
     client: Client,
@@ -106,20 +104,12 @@ impl KeyVault for KmsVault {
         if data_key.len() != 32 || wrapped.is_empty() || wrapped.len() > u16::MAX as usize {
             return Err(VaultError::Unavailable("KMS returned an unusable data key".into()));
         }
-        let cipher = Aes256Gcm::new_from_slice(&data_key).map_err(|_| VaultError::Unavailable("bad data key".into()))?;
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let plaintext = credentials.to_plaintext();
-        let aad = binding.aad();
-        let ciphertext = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: &plaintext, aad: &aad })
-            .map_err(|_| VaultError::Unavailable("encryption failed".into()))?;
-        let mut blob = Vec::with_capacity(3 + wrapped.len() + NONCE_LEN + ciphertext.len());
+        let sealed = sealing::seal(&data_key, &binding, credentials)?;
+        let mut blob = Vec::with_capacity(3 + wrapped.len() + sealed.len());
         blob.push(FORMAT);
         blob.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
         blob.extend_from_slice(&wrapped);
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&ciphertext);
+        blob.extend_from_slice(&sealed);
         Ok(SealedMaterial { scheme: SCHEME.to_owned(), blob })
     }
 
@@ -134,11 +124,10 @@ impl KeyVault for KmsVault {
         }
         let wrapped_len = u16::from_be_bytes([blob[1], blob[2]]) as usize;
         let rest = blob.get(3..).ok_or_else(corrupt)?;
-        if rest.len() < wrapped_len + NONCE_LEN + 16 {
+        if rest.len() < wrapped_len + sealing::MIN_SEALED_LEN {
             return Err(corrupt());
         }
-        let (wrapped, rest) = rest.split_at(wrapped_len);
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let (wrapped, sealed) = rest.split_at(wrapped_len);
         let out = self
             .client
             .decrypt()
@@ -153,12 +142,7 @@ impl KeyVault for KmsVault {
                 _ => unavailable(e),
             })?;
         let data_key = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
-        let cipher = Aes256Gcm::new_from_slice(&data_key).map_err(|_| VaultError::NotBound)?;
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| corrupt())?;
-        let aad = binding.aad();
-        let plaintext =
-            Zeroizing::new(cipher.decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: &aad }).map_err(|_| VaultError::NotBound)?);
-        Credentials::from_plaintext(&plaintext).ok_or_else(|| VaultError::Corrupt("decrypted material is not a credential set".into()))
+        sealing::open(&data_key, &binding, sealed)
     }
 
     fn fingerprint(&self, value: &KeyMaterial) -> String {

@@ -10,14 +10,13 @@
 
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
-use aes_gcm::{Aes256Gcm, Nonce};
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::secret_file::{SecretFileError, decode_secret, load_or_create};
+use crate::adapters::sealing;
 use crate::domain::fingerprint::keyed_fingerprint;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
@@ -25,7 +24,6 @@ use crate::ports::{Binding, KeyVault, SealedMaterial, VaultError};
 pub const SCHEME: &str = "local-aes256gcm";
 const FORMAT_V1: u8 = 1;
 const KEY_ID_LEN: usize = 8;
-const NONCE_LEN: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterKeyError {
@@ -67,28 +65,16 @@ impl LocalVault {
     pub fn key_id(&self) -> String {
         hex::encode(self.key_id)
     }
-
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new_from_slice(&*self.seal_key).expect("32-byte key")
-    }
 }
 
 #[async_trait]
 impl KeyVault for LocalVault {
     async fn seal(&self, binding: Binding<'_>, credentials: &Credentials) -> Result<SealedMaterial, VaultError> {
-        let plaintext = credentials.to_plaintext();
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let aad = binding.aad();
-        let ciphertext = self
-            .cipher()
-            .encrypt(&Nonce::from(nonce), Payload { msg: &plaintext, aad: &aad })
-            .map_err(|_| VaultError::Unavailable("encryption failed".into()))?;
-        let mut blob = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + ciphertext.len());
+        let sealed = sealing::seal(&*self.seal_key, &binding, credentials)?;
+        let mut blob = Vec::with_capacity(1 + KEY_ID_LEN + sealed.len());
         blob.push(FORMAT_V1);
         blob.extend_from_slice(&self.key_id);
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&ciphertext);
+        blob.extend_from_slice(&sealed);
         Ok(SealedMaterial { scheme: SCHEME.to_owned(), blob })
     }
 
@@ -97,24 +83,14 @@ impl KeyVault for LocalVault {
             return Err(VaultError::Corrupt(format!("scheme `{}` is not {SCHEME}", sealed.scheme)));
         }
         let blob = &sealed.blob;
-        if blob.len() < 1 + KEY_ID_LEN + NONCE_LEN + 16 || blob[0] != FORMAT_V1 {
+        if blob.len() < 1 + KEY_ID_LEN + sealing::MIN_SEALED_LEN || blob[0] != FORMAT_V1 {
             return Err(VaultError::Corrupt("unknown blob format".into()));
         }
         let key_id = &blob[1..1 + KEY_ID_LEN];
         if key_id != self.key_id {
             return Err(VaultError::WrongMasterKey { sealed_with: hex::encode(key_id), current: self.key_id() });
         }
-        let nonce = &blob[1 + KEY_ID_LEN..1 + KEY_ID_LEN + NONCE_LEN];
-        let aad = binding.aad();
-        let plaintext = Zeroizing::new(
-            self.cipher()
-                .decrypt(
-                    &Nonce::from(<[u8; NONCE_LEN]>::try_from(nonce).expect("length checked above")),
-                    Payload { msg: &blob[1 + KEY_ID_LEN + NONCE_LEN..], aad: &aad },
-                )
-                .map_err(|_| VaultError::NotBound)?,
-        );
-        Credentials::from_plaintext(&plaintext).ok_or_else(|| VaultError::Corrupt("decrypted material is not a credential set".into()))
+        sealing::open(&*self.seal_key, &binding, &blob[1 + KEY_ID_LEN..])
     }
 
     fn fingerprint(&self, value: &KeyMaterial) -> String {
