@@ -3,11 +3,14 @@
 //! every implementation.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::audit::{AuditDraft, AuditEntry};
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
+use crate::domain::metering::{Counters, LimitKind, Limits, MeterKey, UsageDay, UsageRecord};
+use crate::domain::notifications::Notification;
+use crate::domain::response_cache::CachedAnswer;
 use crate::domain::secret::{Credentials, KeyMaterial};
 
 /// What a ciphertext is bound to. Opening it under any other binding fails.
@@ -185,4 +188,82 @@ pub enum UpstreamError {
 #[async_trait]
 pub trait UpstreamClient: Send + Sync {
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError>;
+}
+
+/// One proxied request's write: everything the proxy decides and records per request goes to
+/// the store in this one conditional, all-or-nothing write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub meter: MeterKey,
+    /// The key the request will use: the write fails with `Verdict::KeyChanged` unless this key
+    /// still exists, is not revoked, and its material version is still `key_version`. It also
+    /// sets the key's `last_used_at` to `now`.
+    pub key_id: String,
+    pub key_version: u32,
+    pub now: DateTime<Utc>,
+    pub limits: Limits,
+    /// Counted against the request limits: the minute, day and month counters go up by one,
+    /// each only while below its limit, and no counter moves if any is at its limit. Answers
+    /// served from the cache are not counted (they cost the provider nothing).
+    pub counted: bool,
+    /// Usage added in the same write: this request's part, and the outcomes of earlier requests
+    /// this process still holds (known only after their answers). Token counts also go to the
+    /// month's token counter of their meter.
+    pub usage: Vec<UsageRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Written. The meter's counters after the write (tokens include those just added).
+    Admitted(Counters),
+    /// Nothing written: a limit is reached. The counters as they are.
+    Limited { limit: LimitKind, counters: Counters },
+    /// Nothing written: the key was deleted, revoked or given new material since it was read.
+    KeyChanged,
+}
+
+/// Rate limits, quotas and usage: the proxy's per-request write and what analytics read.
+#[async_trait]
+pub trait MeterStore: Send + Sync {
+    /// One atomic conditional write: no read decides, so concurrent requests cannot overshoot.
+    async fn admit(&self, admission: &Admission) -> Result<Verdict, StoreError>;
+    /// Adds usage outside a request (a process flushing the outcomes it holds before it stops).
+    async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError>;
+    /// Usage days of a workspace from `from` to `to` inclusive, optionally of one provider, in
+    /// (provider, environment, day) order. Reads aggregates, never raw rows.
+    async fn usage(&self, workspace: &str, provider: Option<&str>, from: NaiveDate, to: NaiveDate) -> Result<Vec<UsageDay>, StoreError>;
+    /// The meter's counters in the windows of `now` (zero where nothing was counted).
+    async fn counters(&self, meter: &MeterKey, now: DateTime<Utc>) -> Result<Counters, StoreError>;
+    /// The workspace's own limits for a provider's environment; `None` = the catalog defaults.
+    async fn policy(&self, meter: &MeterKey) -> Result<Option<Limits>, StoreError>;
+    /// Replaces the limits, together with its audit entry.
+    async fn put_policy(&self, meter: &MeterKey, limits: &Limits, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
+}
+
+/// The proxy's response cache. Entries are found by the key `domain::response_cache::cache_key`
+/// computes (which covers the workspace) and grouped by workspace + provider for purges.
+#[async_trait]
+pub trait ResponseCache: Send + Sync {
+    /// The entry, if stored and not expired at `now`.
+    async fn get(&self, workspace: &str, provider: &str, key: &str, now: DateTime<Utc>) -> Result<Option<CachedAnswer>, StoreError>;
+    async fn put(&self, workspace: &str, provider: &str, key: &str, answer: &CachedAnswer) -> Result<(), StoreError>;
+    /// Removes every entry of the workspace's provider (all environments); returns how many.
+    async fn purge(&self, workspace: &str, provider: &str) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Stores the notification with its audit entry (if given) in one transaction, unless the
+    /// workspace already has one with the same `dedupe_key`: then nothing is written (`None`).
+    async fn notify(&self, notification: &Notification, audit: Option<AuditDraft>) -> Result<Option<Notification>, StoreError>;
+    /// Newest first, before the position `before` if given.
+    async fn notifications(
+        &self,
+        workspace: &str,
+        unread_only: bool,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Notification>, StoreError>;
+    /// Sets `read_at` (kept if already set); `NotFound` for an id not in the workspace.
+    async fn mark_read(&self, workspace: &str, id: &str, at: DateTime<Utc>) -> Result<Notification, StoreError>;
 }

@@ -1,0 +1,54 @@
+//! Notifications: what a workspace's members should know about without looking (a quota nearly
+//! spent, a key the provider refused). Listed by `GET /api/notifications`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::environment::Environment;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// 80 % of a quota is used.
+    QuotaWarning,
+    /// A quota is spent; requests are refused until its window resets.
+    QuotaReached,
+    /// The provider refused the key on a proxied call.
+    KeyInvalid,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::QuotaWarning => "quota_warning",
+            NotificationKind::QuotaReached => "quota_reached",
+            NotificationKind::KeyInvalid => "key_invalid",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<NotificationKind> {
+        [NotificationKind::QuotaWarning, NotificationKind::QuotaReached, NotificationKind::KeyInvalid]
+            .into_iter()
+            .find(|k| k.as_str() == value)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    /// Time-ordered id (UUIDv7).
+    pub id: String,
+    #[serde(skip)]
+    pub workspace: String,
+    pub kind: NotificationKind,
+    pub provider: String,
+    pub environment: Environment,
+    pub key_id: Option<String>,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+    /// At most one notification per workspace carries a given dedupe key (`quota:fmp:production:
+    /// requests_per_day:2026-11-25:80`), so a retried or concurrent writer cannot notify twice.
+    #[serde(skip)]
+    pub dedupe_key: String,
+}
