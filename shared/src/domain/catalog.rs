@@ -93,6 +93,9 @@ pub struct Provider {
     pub rate_limits: RateLimits,
     #[serde(default)]
     pub cache: Vec<CacheRule>,
+    /// List prices per model, for estimated LLM costs in usage.
+    #[serde(default)]
+    pub pricing: Vec<ModelPrice>,
     /// Facts worth showing a user (free-tier limits, quirks), from the provider reference.
     #[serde(default)]
     pub notes: Vec<String>,
@@ -273,6 +276,17 @@ pub struct CacheRule {
     /// Requests whose path starts with this prefix (relative to the base URL) may be cached.
     pub path_prefix: String,
     pub ttl_seconds: u32,
+}
+
+/// A model's list price in US dollars per million tokens (an estimate: discounts, caching and
+/// batch prices are not modelled).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Matches every model whose name starts with it; the longest match wins.
+    pub model_prefix: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
 }
 
 impl Catalog {

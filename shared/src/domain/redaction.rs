@@ -23,6 +23,82 @@ pub fn redact(text: &str, credentials: &Credentials) -> String {
     out
 }
 
+/// Replaces every spelling of every credential value in bytes (bodies need not be UTF-8).
+pub fn redact_bytes(bytes: &[u8], credentials: &Credentials) -> Vec<u8> {
+    StreamRedactor::new(credentials).redact_all(bytes)
+}
+
+/// Redacts a body that arrives in chunks: a key split across two chunks is still found, because
+/// the last `longest spelling - 1` bytes of each chunk are held back until the next one.
+pub struct StreamRedactor {
+    /// Every spelling, longest first. Zeroized on drop: these are key values.
+    spellings: Vec<zeroize::Zeroizing<Vec<u8>>>,
+    held: Vec<u8>,
+}
+
+impl StreamRedactor {
+    pub fn new(credentials: &Credentials) -> StreamRedactor {
+        let mut spellings: Vec<zeroize::Zeroizing<Vec<u8>>> = credentials
+            .secret_values()
+            .flat_map(spellings)
+            .filter(|s| s.len() >= 4)
+            .map(|s| zeroize::Zeroizing::new(s.into_bytes()))
+            .collect();
+        spellings.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        spellings.dedup();
+        StreamRedactor { spellings, held: Vec::new() }
+    }
+
+    /// The redacted bytes that are safe to send now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.held.extend_from_slice(chunk);
+        let held = std::mem::take(&mut self.held);
+        let replaced = self.replace_all(&held);
+        let keep = self.spellings.first().map(|s| s.len() - 1).unwrap_or(0).min(replaced.len());
+        let (ready, tail) = replaced.split_at(replaced.len() - keep);
+        self.held = tail.to_vec();
+        ready.to_vec()
+    }
+
+    /// Whatever was held back, at the end of the body.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.held);
+        self.replace_all(&rest)
+    }
+
+    pub fn redact_all(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = self.push(bytes);
+        out.extend(self.finish());
+        out
+    }
+
+    fn replace_all(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for spelling in &self.spellings {
+            out = replace(&out, spelling, REDACTED.as_bytes());
+        }
+        out
+    }
+}
+
+fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return haystack.to_vec();
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn spellings(value: &str) -> Vec<String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut list = vec![value.to_owned(), utf8_percent_encode(value, NON_ALPHANUMERIC).to_string(), b64.encode(value)];
@@ -47,5 +123,24 @@ mod tests {
         assert!(!out.contains("canary"), "{out}");
         assert!(!out.contains(&encoded) && !out.contains(&b64), "{out}");
         assert_eq!(out.matches(REDACTED).count(), 3);
+    }
+
+    #[test]
+    fn keys_split_across_chunks_are_redacted() {
+        let mut c = Credentials::new();
+        c.insert("api_key", KeyMaterial::new("sk-canary-split-123456".into()));
+        let body = b"{\"error\":\"bad key sk-canary-split-123456 and again sk-canary-split-123456\"}".to_vec();
+        for size in 1..body.len() {
+            let mut r = StreamRedactor::new(&c);
+            let mut out = Vec::new();
+            for chunk in body.chunks(size) {
+                out.extend(r.push(chunk));
+            }
+            out.extend(r.finish());
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("canary"), "chunk size {size}: {text}");
+            assert_eq!(text.matches(REDACTED).count(), 2);
+        }
+        assert_eq!(redact_bytes(b"nothing here", &c), b"nothing here");
     }
 }
