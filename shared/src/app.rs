@@ -7,15 +7,35 @@ use crate::adapters::embedded::{LocalVault, SqliteStore};
 use crate::adapters::upstream::ReqwestUpstream;
 use crate::config::{Backend, Config, VaultKind};
 use crate::domain::catalog::{Catalog, catalog};
-use crate::ports::{AuditLog, KeyStore, KeyVault, VaultError};
+use crate::ports::{AuditLog, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, VaultError};
 use crate::services::audit::AuditService;
 use crate::services::keys::KeyService;
+use crate::services::metering::MeteringService;
+use crate::services::proxy::{KeyCache, ProxyService};
 
 /// Everything a handler needs. Built once per process (Lambda init or gateway start).
 pub struct App {
     pub catalog: &'static Catalog,
     pub keys: KeyService,
     pub audit: AuditService,
+    pub proxy: Arc<ProxyService>,
+    pub metering: MeteringService,
+}
+
+/// The storage ports one backend provides (one object may implement several: their writes
+/// share transactions).
+pub struct Stores {
+    pub keys: Arc<dyn KeyStore>,
+    pub audit: Arc<dyn AuditLog>,
+    pub meter: Arc<dyn MeterStore>,
+    pub cache: Arc<dyn ResponseCache>,
+    pub notifications: Arc<dyn NotificationStore>,
+}
+
+impl Stores {
+    fn of<T: KeyStore + AuditLog + MeterStore + ResponseCache + NotificationStore + 'static>(store: Arc<T>) -> Stores {
+        Stores { keys: store.clone(), audit: store.clone(), meter: store.clone(), cache: store.clone(), notifications: store }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,23 +89,47 @@ impl App {
             }
         };
         tracing::info!(table = %config.table, vault = ?config.vault, "AWS backend ready");
-        let store = Arc::new(store);
-        App::assemble(config, store.clone(), store, vault)
+        App::assemble(config, Stores::of(Arc::new(store)), vault)
     }
 
-    fn assemble(config: &Config, keys: Arc<dyn KeyStore>, audit: Arc<dyn AuditLog>, vault: Arc<dyn KeyVault>) -> Result<App, StartupError> {
-        let upstream = ReqwestUpstream::new(config.upstream_limits).map_err(|e| StartupError(e.to_string()))?;
+    fn assemble(config: &Config, stores: Stores, vault: Arc<dyn KeyVault>) -> Result<App, StartupError> {
+        let upstream: Arc<dyn crate::ports::UpstreamClient> =
+            Arc::new(ReqwestUpstream::new(config.upstream_limits).map_err(|e| StartupError(e.to_string()))?);
+        let key_cache = Arc::new(KeyCache::new(config.key_cache_ttl));
+        let proxy = Arc::new(ProxyService::new(
+            catalog(),
+            stores.keys.clone(),
+            vault.clone(),
+            stores.meter.clone(),
+            stores.cache.clone(),
+            stores.notifications.clone(),
+            upstream.clone(),
+            config.upstreams.clone(),
+            key_cache.clone(),
+            config.proxy_limits,
+        ));
         Ok(App {
             catalog: catalog(),
             keys: KeyService {
                 catalog: catalog(),
-                store: keys,
-                audit: audit.clone(),
+                store: stores.keys.clone(),
+                audit: stores.audit.clone(),
                 vault,
-                upstream: Arc::new(upstream),
+                upstream,
                 upstreams: config.upstreams.clone(),
+                cache: stores.cache.clone(),
+                key_cache,
             },
-            audit: AuditService::new(audit),
+            audit: AuditService::new(stores.audit.clone()),
+            metering: MeteringService {
+                catalog: catalog(),
+                proxy: proxy.clone(),
+                meter: stores.meter,
+                cache: stores.cache,
+                notifications: stores.notifications,
+                audit: stores.audit,
+            },
+            proxy,
         })
     }
 
@@ -103,6 +147,6 @@ impl App {
         let vault = LocalVault::load(config.master_key.as_deref().map(String::as_str), &config.data_dir)
             .map_err(|e| StartupError(e.to_string()))?;
         tracing::info!(master_key_id = %vault.key_id(), data_dir = %config.data_dir.display(), "embedded backend ready");
-        App::assemble(config, store.clone(), store, Arc::new(vault))
+        App::assemble(config, Stores::of(store), Arc::new(vault))
     }
 }

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::adapters::upstream::UpstreamLimits;
 use crate::domain::catalog::catalog;
+use crate::services::proxy::ProxyLimits;
 use crate::services::upstreams::Upstreams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,12 @@ pub struct Config {
     pub upstreams: Upstreams,
     /// `STOCKPULSE_UPSTREAM_CONNECT_TIMEOUT_MS`, `STOCKPULSE_UPSTREAM_TIMEOUT_MS`.
     pub upstream_limits: UpstreamLimits,
+    /// `STOCKPULSE_PROXY_MAX_REQUEST_BYTES`, `STOCKPULSE_PROXY_MAX_RESPONSE_BYTES` (default 6 MiB
+    /// each, the Lambda payload limit).
+    pub proxy_limits: ProxyLimits,
+    /// `STOCKPULSE_KEY_CACHE_SECONDS`: how long the proxy keeps a decrypted key in memory (0 to
+    /// 60, default 60).
+    pub key_cache_ttl: Duration,
     /// `STOCKPULSE_LOG_FORMAT`: `json` (default on Lambda) or `text`.
     pub log_format: LogFormat,
 }
@@ -88,6 +95,16 @@ impl Config {
                     .filter(|n| *n > 0)
                     .map(Duration::from_millis)
                     .ok_or_else(|| ConfigError(format!("{name} must be a positive number of milliseconds"))),
+            }
+        };
+        let bytes = |name: &str, default: usize| -> Result<usize, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError(format!("{name} must be a positive number of bytes"))),
             }
         };
         let on_lambda = get("AWS_LAMBDA_FUNCTION_NAME").is_some();
@@ -139,6 +156,19 @@ impl Config {
                 connect_timeout: millis("STOCKPULSE_UPSTREAM_CONNECT_TIMEOUT_MS", 5_000)?,
                 total_timeout: millis("STOCKPULSE_UPSTREAM_TIMEOUT_MS", 30_000)?,
                 ..UpstreamLimits::default()
+            },
+            proxy_limits: ProxyLimits {
+                max_request_bytes: bytes("STOCKPULSE_PROXY_MAX_REQUEST_BYTES", ProxyLimits::default().max_request_bytes)?,
+                max_response_bytes: bytes("STOCKPULSE_PROXY_MAX_RESPONSE_BYTES", ProxyLimits::default().max_response_bytes)?,
+            },
+            key_cache_ttl: match get("STOCKPULSE_KEY_CACHE_SECONDS") {
+                None => Duration::from_secs(60),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| *s <= 60)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| ConfigError("STOCKPULSE_KEY_CACHE_SECONDS must be a number of seconds from 0 to 60".into()))?,
             },
             log_format,
         })

@@ -185,9 +185,26 @@ pub enum UpstreamError {
     Other(String),
 }
 
+/// The rest of an answer's body, chunk by chunk, as the provider sends it.
+#[async_trait]
+pub trait ChunkSource: Send {
+    /// The next chunk; `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, UpstreamError>;
+}
+
+/// An answer whose status and headers have arrived and whose body is still coming.
+pub struct UpstreamStream {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Box<dyn ChunkSource>,
+}
+
 #[async_trait]
 pub trait UpstreamClient: Send + Sync {
+    /// Sends the request and reads the whole answer (up to the client's body limit).
     async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError>;
+    /// Sends the request and returns as soon as the answer's head arrived (the proxy streams).
+    async fn open(&self, request: UpstreamRequest) -> Result<UpstreamStream, UpstreamError>;
 }
 
 /// One proxied request's write: everything the proxy decides and records per request goes to

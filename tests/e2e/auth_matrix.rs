@@ -77,26 +77,47 @@ fn token_for(server: &TestServer, identity: Identity) -> Option<String> {
     })
 }
 
-/// The request a route gets in the matrix; `id` is a fresh key of the matrix workspace.
-async fn call(server: &TestServer, route: &Route, id: &str, token: Option<&str>) -> Answer {
+/// What the matrix workspace holds for the routes that name a resource.
+struct Fixture {
+    /// A fresh key of the matrix workspace (`{id}` of the key routes), made anew for every row.
+    key_id: String,
+    /// A notification of the matrix workspace (`{id}` of the notification routes).
+    notification_id: String,
+}
+
+/// The provider the matrix uses for `{provider}`: its base URL points at a fake provider.
+const PROVIDER: &str = "openai";
+
+/// The request a route gets in the matrix.
+async fn call(server: &TestServer, route: &Route, fixture: &Fixture, token: Option<&str>) -> Answer {
     let c = &server.client;
-    let at = |template: &str| template.replace("{id}", id);
+    let id = if route.path.starts_with("/api/notifications/") { &fixture.notification_id } else { &fixture.key_id };
+    let at = |template: &str| template.replace("{id}", id).replace("{provider}", PROVIDER);
     match route.operation {
         Operation::ProvidersList
         | Operation::KeysList
         | Operation::KeysGet
         | Operation::AuditList
         | Operation::AuditVerify
-        | Operation::OpenApi => c.get(&at(route.path), token).await,
+        | Operation::OpenApi
+        | Operation::QuotasGet
+        | Operation::UsageGet
+        | Operation::NotificationsList => c.get(&at(route.path), token).await,
         Operation::KeysCreate => {
             c.post_json(route.path, token, &json!({"provider": "mistral", "credentials": {"api_key": canary("m")}})).await
         }
         Operation::KeysUpdate => c.patch_json(&at(route.path), token, None, &json!({"label": "changed by the matrix"})).await,
-        Operation::KeysDelete => c.delete(&at(route.path), token, None).await,
+        Operation::KeysDelete | Operation::CachePurge => c.delete(&at(route.path), token, None).await,
         Operation::KeysTestCandidate => {
             c.post_json(route.path, token, &json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})).await
         }
-        Operation::KeysTest => c.post_json(&at(route.path), token, &json!({})).await,
+        Operation::KeysTest | Operation::NotificationsRead => c.post_json(&at(route.path), token, &json!({})).await,
+        Operation::QuotasPut => {
+            let body = json!({"environment": "production", "limits": {"requests_per_minute": 1000}});
+            c.send(c.request(reqwest::Method::PUT, &at(route.path), token).json(&body)).await
+        }
+        // `ANY`: the matrix proxies a GET to the fake provider's `/models`.
+        Operation::Proxy => c.get(&format!("/proxy/{PROVIDER}/models"), token).await,
         Operation::DevLogin => unreachable!("dev-only routes are tested on their own"),
     }
 }
@@ -125,10 +146,34 @@ fn expected(route: &Route, identity: Identity) -> u16 {
     if role < required {
         return 403;
     }
-    if identity == Identity::OtherWorkspaceAdmin && route.path.contains("{id}") {
+    // Another workspace's admin reaches nothing of the matrix workspace: not its keys or
+    // notifications by id, and not its provider key through the proxy (that workspace has none).
+    if identity == Identity::OtherWorkspaceAdmin && (route.path.contains("{id}") || route.operation == Operation::Proxy) {
         return 404;
     }
     success(route)
+}
+
+/// Drives a quota of the matrix workspace over 80 % so that it has a notification, and returns
+/// its id. The key it used is removed again (the matrix creates a Mistral key of its own).
+async fn quota_notification(server: &TestServer, admin: &str) -> String {
+    let c = &server.client;
+    let key = create(server, admin, json!({"provider": "mistral", "credentials": {"api_key": canary("")}})).await;
+    let quota = json!({"environment": "production", "limits": {"requests_per_day": 1}});
+    let put = c.send(c.request(reqwest::Method::PUT, "/api/quotas/mistral", Some(admin)).json(&quota)).await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let proxied = c.get("/proxy/mistral/models", Some(admin)).await;
+    assert_eq!(proxied.status, 200, "{}", proxied.text);
+    let list = c.get("/api/notifications", Some(admin)).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let items = list.json["items"].as_array().unwrap();
+    let notification = items
+        .iter()
+        .find(|n| n["provider"] == "mistral" && (n["kind"] == "quota_warning" || n["kind"] == "quota_reached"))
+        .unwrap_or_else(|| panic!("no quota notification after reaching the daily quota: {}", list.text));
+    let deleted = c.delete(&format!("/api/keys/{}", key.json["id"].as_str().unwrap()), Some(admin), None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    notification["id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -139,16 +184,19 @@ async fn every_route_answers_every_caller_as_the_route_table_says() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"object": "list", "data": []})))
         .mount(&upstream)
         .await;
-    let server = TestServer::start_with(ServerOptions::default().upstream("openai", &upstream.uri())).await;
+    let server =
+        TestServer::start_with(ServerOptions::default().upstream(PROVIDER, &upstream.uri()).upstream("mistral", &upstream.uri())).await;
     let admin = token_for(&server, Identity::Admin).unwrap();
+    let notification_id = quota_notification(&server, &admin).await;
     let mut rows = 0;
     let mut failures = Vec::new();
     for route in ROUTES.iter().filter(|r| !r.dev_only) {
         for identity in IDENTITIES {
             let key = create_openai(&server, &admin).await;
             let id = key.json["id"].as_str().unwrap().to_owned();
+            let fixture = Fixture { key_id: id.clone(), notification_id: notification_id.clone() };
             let token = token_for(&server, identity);
-            let answer = call(&server, route, &id, token.as_deref()).await;
+            let answer = call(&server, route, &fixture, token.as_deref()).await;
             let want = expected(route, identity);
             rows += 1;
             if answer.status != want {
@@ -157,6 +205,9 @@ async fn every_route_answers_every_caller_as_the_route_table_says() {
             }
             if answer.status >= 400 {
                 assert!(answer.json["error"]["code"].is_string(), "not an envelope: {}", answer.text);
+            }
+            if identity == Identity::OtherWorkspaceAdmin && route.operation == Operation::Proxy && answer.code() != "no_key" {
+                failures.push(format!("the proxy as {identity:?}: want no_key, got {}", answer.text));
             }
             if want == 401 {
                 assert_eq!(answer.header("www-authenticate"), Some("Bearer"));

@@ -78,6 +78,13 @@ impl Counts {
 async fn calls_per_operation_and_the_cost_table_are_measured() {
     let upstream = MockServer::start().await;
     Mock::given(method("GET")).respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []}))).mount(&upstream).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"model": "gpt-4o-mini", "usage": {"prompt_tokens": 5, "completion_tokens": 7}})),
+        )
+        .mount(&upstream)
+        .await;
     let mut backend = AwsBackend::fresh().await;
     let proxy = FaultProxy::start(&backend.moto_url).await;
     backend.via = Some(proxy.url.clone());
@@ -116,6 +123,16 @@ async fn calls_per_operation_and_the_cost_table_are_measured() {
     rows.push(("verify the audit chain (< 500 entries)", Counts::of(&proxy.take_calls())));
     assert_eq!(c.get("/api/providers", Some(&token)).await.status, 200);
     rows.push(("list providers", Counts::of(&proxy.take_calls())));
+    let (body_1, body_2) = (json!({"model": "gpt-4o-mini", "n": 1}), json!({"model": "gpt-4o-mini", "n": 2}));
+    let chat = |body| c.post_json("/proxy/openai/chat/completions", Some(&token), body);
+    assert_eq!(chat(&body_1).await.status, 200);
+    rows.push(("proxied request, key not yet in memory", Counts::of(&proxy.take_calls())));
+    assert_eq!(chat(&body_2).await.status, 200);
+    rows.push(("proxied request, warm (not cacheable)", Counts::of(&proxy.take_calls())));
+    assert_eq!(c.get("/proxy/openai/models", Some(&token)).await.header("x-stockpulse-cache"), Some("MISS"));
+    rows.push(("proxied request, warm, cacheable MISS", Counts::of(&proxy.take_calls())));
+    assert_eq!(c.get("/proxy/openai/models", Some(&token)).await.header("x-stockpulse-cache"), Some("HIT"));
+    rows.push(("proxied request, warm, cache HIT", Counts::of(&proxy.take_calls())));
     assert_eq!(c.delete(&path, Some(&token), None).await.status, 204);
     rows.push(("delete a key", Counts::of(&proxy.take_calls())));
 
@@ -126,9 +143,17 @@ async fn calls_per_operation_and_the_cost_table_are_measured() {
     assert_eq!(get("edit the label").kms, 0, "editing metadata needs no KMS call");
     assert_eq!(get("create a key").kms, 1, "one GenerateDataKey per stored key");
     assert_eq!(get("test a stored key").kms, 1, "one Decrypt per test");
-    for (name, counts) in &rows {
+    // The warm-path budget of DESIGN.md §4: no vault call, one write for limit + quota + usage.
+    for name in ["proxied request, warm (not cacheable)", "proxied request, warm, cache HIT"] {
+        let warm = get(name);
+        assert_eq!(warm.kms + warm.secrets, 0, "{name}: a warm proxied request never calls KMS");
+        assert_eq!(warm.dynamo_writes, 1, "{name}: one write decides the limits and records usage");
+    }
+    assert_eq!(get("proxied request, key not yet in memory").kms, 1, "one Decrypt when the key is not in memory");
+    for (name, counts) in rows.iter().filter(|(n, _)| !n.ends_with("cacheable MISS")) {
         assert!(counts.dynamo_writes <= 1, "{name}: every operation writes in at most one request (one transaction)");
     }
+    assert_eq!(get("proxied request, warm, cacheable MISS").dynamo_writes, 2, "the admission write and the cache entry");
 
     let mut doc = String::new();
     writeln!(doc, "# AWS calls and cost of StockPulse Keys\n").unwrap();
@@ -143,7 +168,10 @@ async fn calls_per_operation_and_the_cost_table_are_measured() {
         writeln!(doc, "| {name} | {} | {} | {} | {} |", c.dynamo_reads, c.dynamo_writes, c.transact_items, c.kms).unwrap();
     }
     writeln!(doc, "\nEvery change and its audit entry (plus the chain head) are one `TransactWriteItems`; reads are").unwrap();
-    writeln!(doc, "strongly consistent `GetItem`/`Query` calls. At start a process makes one more KMS call (unwrapping").unwrap();
+    writeln!(doc, "strongly consistent `GetItem`/`Query` calls. A proxied request makes one `TransactWriteItems` (key still").unwrap();
+    writeln!(doc, "current + rate-limit and quota counters + usage, including the outcomes of this process's earlier requests)").unwrap();
+    writeln!(doc, "and reads the counters back; a cacheable miss also writes the cache entry. A warm request never calls KMS.").unwrap();
+    writeln!(doc, "At start a process makes one more KMS call (unwrapping").unwrap();
     writeln!(doc, "the fingerprint key) and, the very first time, one `GenerateDataKeyWithoutPlaintext` and one `PutItem`.\n").unwrap();
 
     let keys = 10_000.0;
@@ -185,8 +213,14 @@ async fn calls_per_operation_and_the_cost_table_are_measured() {
     )
     .unwrap();
     writeln!(doc, "\nThe Secrets Manager row prices its secrets and its calls (one per test or edit) from the list").unwrap();
-    writeln!(doc, "prices; its calls are not measured here yet. Proxied requests are added by the proxy work, with").unwrap();
-    writeln!(doc, "its warm-path budget (no KMS or Secrets Manager call, at most one DynamoDB write per request).\n").unwrap();
+    writeln!(doc, "prices; its calls are not measured here yet.\n").unwrap();
+    let proxied = 1_000_000.0;
+    let warm = get("proxied request, warm (not cacheable)").monthly_dollars(proxied);
+    let hit = get("proxied request, warm, cache HIT").monthly_dollars(proxied);
+    writeln!(doc, "## Proxied requests\n").unwrap();
+    writeln!(doc, "One million warm proxied requests a month cost ${warm:.2} in DynamoDB requests when none is cacheable, ${hit:.2}")
+        .unwrap();
+    writeln!(doc, "when all are cache hits (same assumptions as above; the provider's own charges are not included).\n").unwrap();
     writeln!(doc, "Prices used (us-east-1, as of {PRICES_AS_OF}): DynamoDB on-demand ${DYNAMO_PER_MILLION_WRU} per million write").unwrap();
     writeln!(doc, "request units, ${DYNAMO_PER_MILLION_RRU} per million read request units, ${DYNAMO_PER_GB_MONTH} per GB-month; KMS")
         .unwrap();

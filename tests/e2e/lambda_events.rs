@@ -21,21 +21,41 @@ struct LambdaAnswer {
     json: Value,
 }
 
+/// The route's path with its parameters filled in: `id`, the openai provider, `models` below it.
+fn concrete_path(route: &Route, id: &str) -> String {
+    route.path.replace("{id}", id).replace("{provider}", "openai").replace("{path+}", "models")
+}
+
+/// The method a request of the route uses (`ANY` routes get GET).
+fn concrete_method(route: &Route) -> &'static str {
+    if route.method == "ANY" { "GET" } else { route.method }
+}
+
 /// The fixture with this request's method, path, body and caller filled in.
 fn event(route: &Route, id: &str, body: Option<&Value>, claims: Option<&BTreeMap<String, String>>) -> String {
     let mut event: Value = serde_json::from_str(&read_workspace_file("tests/fixtures/apigw-v2-http-event.json")).unwrap();
-    let path = route.path.replace("{id}", id);
+    let path = concrete_path(route, id);
     let route_key = format!("{} {}", route.method, route.path);
     event["routeKey"] = json!(route_key);
     event["rawPath"] = json!(path);
     event["requestContext"]["routeKey"] = json!(route_key);
-    event["requestContext"]["http"]["method"] = json!(route.method);
+    event["requestContext"]["http"]["method"] = json!(concrete_method(route));
     event["requestContext"]["http"]["path"] = json!(path);
     event["requestContext"]["requestId"] = json!(uuid::Uuid::new_v4().to_string());
+    let mut parameters = serde_json::Map::new();
     if route.path.contains("{id}") {
-        event["pathParameters"] = json!({"id": id});
-    } else {
+        parameters.insert("id".into(), json!(id));
+    }
+    if route.path.contains("{provider}") {
+        parameters.insert("provider".into(), json!("openai"));
+    }
+    if route.path.contains("{path+}") {
+        parameters.insert("path".into(), json!("models"));
+    }
+    if parameters.is_empty() {
         event.as_object_mut().unwrap().remove("pathParameters");
+    } else {
+        event["pathParameters"] = Value::Object(parameters);
     }
     match claims {
         Some(claims) => event["requestContext"]["authorizer"]["jwt"]["claims"] = json!(claims),
@@ -64,8 +84,8 @@ async fn invoke(app: &App, function: &str, event: &str) -> LambdaAnswer {
 
 /// The same request through the local gateway.
 async fn through_gateway(server: &TestServer, route: &Route, id: &str, body: Option<&Value>, token: &str) -> Answer {
-    let path = route.path.replace("{id}", id);
-    let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
+    let path = concrete_path(route, id);
+    let method = reqwest::Method::from_bytes(concrete_method(route).as_bytes()).unwrap();
     let mut builder = server.client.request(method, &path, Some(token));
     if let Some(body) = body {
         builder = builder.json(body);
@@ -87,6 +107,7 @@ fn body_for(route: &Route, variant: usize) -> Option<Value> {
         Operation::KeysCreate => Some(json!({"provider": (["groq", "mistral"][variant]), "credentials": {"api_key": canary("k")}})),
         Operation::KeysUpdate => Some(json!({"label": "edited through a lambda event"})),
         Operation::KeysTestCandidate => Some(json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})),
+        Operation::QuotasPut => Some(json!({"environment": "development", "limits": {"requests_per_minute": 100 + variant}})),
         _ => None,
     }
 }
@@ -105,6 +126,9 @@ async fn every_function_answers_its_events_like_the_local_gateway() {
     vars.insert("STOCKPULSE_DATA_DIR".into(), server.data_dir.display().to_string());
     vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "keys-get".into());
     let lambda_app = App::embedded(&Config::from_vars(&vars).unwrap()).unwrap();
+
+    // The proxy uses the workspace's production OpenAI key.
+    create(&server, &token, json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})).await;
 
     let mut covered = Vec::new();
     for route in ROUTES.iter().filter(|r| r.function.is_some()) {
@@ -169,6 +193,16 @@ async fn every_function_answers_its_events_like_the_local_gateway() {
                 assert_eq!(lambda.json["status"], gateway.json["status"]);
             }
             Operation::KeysDelete => assert_eq!(lambda.status, 204),
+            Operation::Proxy => {
+                assert_eq!(lambda.status, 200, "{}", lambda.json);
+                assert_eq!(lambda.json, gateway.json);
+                assert!(lambda.headers.get("x-stockpulse-cache").is_some());
+            }
+            Operation::QuotasGet | Operation::QuotasPut | Operation::UsageGet | Operation::NotificationsList | Operation::CachePurge => {
+                assert_eq!(lambda.status, 200, "{} {}: {}", route.method, route.path, lambda.json);
+            }
+            // The id is a key's, not a notification's: both sides say so alike.
+            Operation::NotificationsRead => assert_eq!(lambda.status, 404),
             Operation::DevLogin => unreachable!(),
         }
         covered.push(function);

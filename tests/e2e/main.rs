@@ -17,6 +17,9 @@ mod gateway_process;
 mod jwks_tokens;
 mod lambda_events;
 mod openapi;
+mod proxy;
+mod proxy_escapes;
+mod proxy_injection;
 mod template_routes;
 mod vault_integrity;
 

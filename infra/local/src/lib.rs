@@ -24,6 +24,7 @@ use lambda_http::aws_lambda_events::apigw::{
 use lambda_http::request::RequestContext;
 use lambda_http::{Body as LambdaBody, RequestExt};
 use stockpulse_shared::app::App;
+use stockpulse_shared::http::Reply;
 use stockpulse_shared::http::envelope::{ApiError, error_response};
 use stockpulse_shared::http::routes::{Access, Operation, ROUTES, RouteMatch, match_route};
 
@@ -46,6 +47,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/api", axum::routing::any(api))
         .route("/api/{*rest}", axum::routing::any(api))
+        .route("/proxy/{*rest}", axum::routing::any(api))
         .fallback_service(static_files::service(&gateway.static_dir))
         .layer(axum::middleware::from_fn(static_files::security_headers))
         .with_state(gateway)
@@ -116,7 +118,17 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
         ));
     };
     let request = request.with_request_context(RequestContext::ApiGatewayV2(context));
-    to_axum(stockpulse_shared::http::route_request(&gateway.app, request).await)
+    match stockpulse_shared::http::route_request_streaming(&gateway.app, request).await {
+        Reply::Full(response) => to_axum(response),
+        Reply::Stream(response) => {
+            let (parts, receiver) = response.into_parts();
+            // Each chunk goes to the client as soon as the provider sent it.
+            let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), receiver))
+            });
+            Response::from_parts(parts, AxumBody::from_stream(chunks)).into_response()
+        }
+    }
 }
 
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
@@ -137,11 +149,35 @@ fn to_axum(response: http::Response<LambdaBody>) -> Response {
     Response::from_parts(parts, body).into_response()
 }
 
-/// Serves `gateway` on `listener` until `shutdown` completes, then drains open requests.
+/// How often usage the proxy learnt after its writes (status classes, latency, tokens) is
+/// written out when no request carries it along.
+const USAGE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then drains open requests and
+/// writes out the usage still held in memory.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+    let flusher = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            let mut ticks = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = gateway.app.proxy.flush_usage().await {
+                    tracing::warn!(error = %e, "usage flush failed; kept for the next one");
+                }
+            }
+        }
+    });
+    let served = axum::serve(listener, router(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    flusher.abort();
+    if let Err(e) = gateway.app.proxy.flush_usage().await {
+        tracing::error!(error = %e, "usage still held in memory could not be written at shutdown");
+    }
+    served
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ports::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::ports::{ChunkSource, UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamStream};
 
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamLimits {
@@ -53,9 +53,17 @@ fn classify(e: reqwest::Error) -> UpstreamError {
     }
 }
 
+struct ReqwestChunks(reqwest::Response);
+
 #[async_trait]
-impl UpstreamClient for ReqwestUpstream {
-    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+impl ChunkSource for ReqwestChunks {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, UpstreamError> {
+        Ok(self.0.chunk().await.map_err(classify)?.map(|bytes| bytes.to_vec()))
+    }
+}
+
+impl ReqwestUpstream {
+    async fn start(&self, request: UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
         let mut builder = self.client.request(request.method, request.url);
         for (name, value) in request.headers {
             builder = builder.header(name, value);
@@ -63,7 +71,23 @@ impl UpstreamClient for ReqwestUpstream {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
-        let mut response = builder.send().await.map_err(classify)?;
+        builder.send().await.map_err(classify)
+    }
+}
+
+#[async_trait]
+impl UpstreamClient for ReqwestUpstream {
+    async fn open(&self, request: UpstreamRequest) -> Result<UpstreamStream, UpstreamError> {
+        let response = self.start(request).await?;
+        Ok(UpstreamStream {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: Box::new(ReqwestChunks(response)),
+        })
+    }
+
+    async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        let mut response = self.start(request).await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let mut body = Vec::new();

@@ -30,6 +30,9 @@ pub fn redact_bytes(bytes: &[u8], credentials: &Credentials) -> Vec<u8> {
 
 /// Redacts a body that arrives in chunks: a key split across two chunks is still found, because
 /// the last `longest spelling - 1` bytes of each chunk are held back until the next one.
+/// Longest unfinished line `push_lines` holds before it falls back to `push`.
+const MAX_HELD_LINE: usize = 64 * 1024;
+
 pub struct StreamRedactor {
     /// Every spelling, longest first. Zeroized on drop: these are key values.
     spellings: Vec<zeroize::Zeroizing<Vec<u8>>>,
@@ -47,6 +50,23 @@ impl StreamRedactor {
         spellings.sort_by_key(|s| std::cmp::Reverse(s.len()));
         spellings.dedup();
         StreamRedactor { spellings, held: Vec::new() }
+    }
+
+    /// For line-based streams (server-sent events): everything up to the last line break is
+    /// redacted and sent at once, so every complete event reaches the client without waiting for
+    /// the next one; only an unfinished line is held back (and a very long one is cut the usual
+    /// way, so memory stays bounded).
+    pub fn push_lines(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.held.extend_from_slice(chunk);
+        match self.held.iter().rposition(|b| *b == b'\n') {
+            Some(end) => {
+                let rest = self.held.split_off(end + 1);
+                let complete = std::mem::replace(&mut self.held, rest);
+                self.replace_all(&complete)
+            }
+            None if self.held.len() > MAX_HELD_LINE => self.push(&[]),
+            None => Vec::new(),
+        }
     }
 
     /// The redacted bytes that are safe to send now.
@@ -142,5 +162,16 @@ mod tests {
             assert_eq!(text.matches(REDACTED).count(), 2);
         }
         assert_eq!(redact_bytes(b"nothing here", &c), b"nothing here");
+    }
+
+    #[test]
+    fn event_streams_pass_each_complete_line_at_once() {
+        let mut c = Credentials::new();
+        c.insert("api_key", KeyMaterial::new("sk-canary-lines-123456".into()));
+        let mut r = StreamRedactor::new(&c);
+        assert_eq!(r.push_lines(b"data: {\"a\":1}\n\n"), b"data: {\"a\":1}\n\n");
+        assert_eq!(r.push_lines(b"data: echo sk-canary-li"), b"");
+        assert_eq!(r.push_lines(b"nes-123456\n\ndata: x"), b"data: echo [REDACTED]\n\n");
+        assert_eq!(r.finish(), b"data: x");
     }
 }

@@ -19,11 +19,24 @@ pub struct ApiError {
     pub field: Option<String>,
     /// `Allow` for 405.
     pub allow: Option<String>,
+    /// Details of a proxied request that failed upstream or was refused by a limit.
+    pub proxy: Option<Box<ProxyErrorDetails>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyErrorDetails {
+    pub provider: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub provider_message: Option<String>,
+    pub limit: Option<&'static str>,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<u64>,
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, allow: None }
+        ApiError { status, code, message: message.into(), field: None, allow: None, proxy: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> ApiError {
@@ -48,7 +61,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unavailable { code, message } => (StatusCode::SERVICE_UNAVAILABLE, code, message, None),
             ServiceError::Internal { code, message } => (StatusCode::INTERNAL_SERVER_ERROR, code, message, None),
         };
-        ApiError { status, code, message, field, allow: None }
+        ApiError { status, code, message, field, allow: None, proxy: None }
     }
 }
 
@@ -68,6 +81,18 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     pub request_id: String,
+    /// Proxy errors: the provider called (or that would have been).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Proxy errors: the provider's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// Proxy errors: the provider's own message, with key values redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message: Option<String>,
+    /// 429 from a workspace limit: which one (`requests_per_minute`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 pub fn error_response(error: &ApiError, request_id: &str) -> Response<Body> {
@@ -77,11 +102,23 @@ pub fn error_response(error: &ApiError, request_id: &str) -> Response<Body> {
             message: error.message.clone(),
             field: error.field.clone(),
             request_id: request_id.to_owned(),
+            provider: error.proxy.as_ref().and_then(|p| p.provider.clone()),
+            upstream_status: error.proxy.as_ref().and_then(|p| p.upstream_status),
+            provider_message: error.proxy.as_ref().and_then(|p| p.provider_message.clone()),
+            limit: error.proxy.as_ref().and_then(|p| p.limit.map(str::to_owned)),
         },
     };
     let mut response = json_response(error.status, &body, request_id);
     if let Some(allow) = error.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
         response.headers_mut().insert(header::ALLOW, allow);
+    }
+    if let Some(details) = &error.proxy {
+        for (name, value) in &details.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+        if let Some(seconds) = details.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
     }
     if error.status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

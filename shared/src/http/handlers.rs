@@ -36,17 +36,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn caller(&self) -> &Caller {
+    pub(super) fn caller(&self) -> &Caller {
         // `dispatch` only calls handlers of authenticated routes with a caller.
         self.caller.as_ref().expect("dispatch checked the caller")
     }
 
-    fn param(&self, name: &str) -> &str {
+    pub(super) fn param(&self, name: &str) -> &str {
         self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()).unwrap_or("")
     }
 
     /// Refuses query parameters the route does not know, then returns the value of each known one.
-    fn query_params(&self, known: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    pub(super) fn query_params(&self, known: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
         let mut out = BTreeMap::new();
         for (name, value) in &self.query {
             if !known.contains(&name.as_str()) {
@@ -69,7 +69,7 @@ impl Ctx {
         Ok(out)
     }
 
-    fn limit(q: &BTreeMap<String, String>) -> Result<Option<usize>, ApiError> {
+    pub(super) fn limit(q: &BTreeMap<String, String>) -> Result<Option<usize>, ApiError> {
         q.get("limit")
             .map(|v| {
                 v.parse::<usize>().map_err(|_| {
@@ -91,7 +91,7 @@ impl Ctx {
 
     /// Parses the JSON body: 413 over the limit, 415 for another media type, 400 for bad JSON or
     /// a body of the wrong shape. Messages never echo values (they could be keys).
-    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+    pub(super) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.len() > MAX_BODY_BYTES {
             return Err(too_large());
         }

@@ -7,7 +7,9 @@ pub mod dispatch;
 pub mod envelope;
 pub mod handlers;
 pub mod openapi;
+pub mod proxy_handlers;
 pub mod routes;
 
-pub use dispatch::{handle_function, route_request};
+pub use dispatch::{handle_function, route_request, route_request_streaming};
 pub use envelope::ApiError;
+pub use proxy_handlers::Reply;

@@ -22,9 +22,15 @@ use super::handlers;
         handlers::audit_list,
         handlers::audit_verify,
         handlers::openapi,
+        super::proxy_handlers::quotas_get,
+        super::proxy_handlers::quotas_put,
+        super::proxy_handlers::usage_get,
+        super::proxy_handlers::notifications_list,
+        super::proxy_handlers::notifications_read,
+        super::proxy_handlers::cache_purge,
     ),
     modifiers(&BearerAuth),
-    tags((name = "providers"), (name = "keys"), (name = "audit"), (name = "meta"))
+    tags((name = "providers"), (name = "keys"), (name = "audit"), (name = "quotas"), (name = "usage"), (name = "notifications"), (name = "cache"), (name = "meta"))
 )]
 struct ApiDoc;
 

@@ -17,6 +17,13 @@ pub enum Operation {
     AuditVerify,
     OpenApi,
     DevLogin,
+    Proxy,
+    QuotasGet,
+    QuotasPut,
+    UsageGet,
+    NotificationsList,
+    NotificationsRead,
+    CachePurge,
 }
 
 /// Who may call a route.
@@ -30,8 +37,10 @@ pub enum Access {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
+    /// An HTTP method, or `ANY` (the proxy forwards every method).
     pub method: &'static str,
-    /// Path template; `{name}` matches one non-empty segment.
+    /// Path template; `{name}` matches one non-empty segment, a last `{name+}` the rest of the
+    /// path (one or more segments, raw).
     pub path: &'static str,
     pub operation: Operation,
     pub access: Access,
@@ -61,6 +70,13 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/api/audit", AuditList, AtLeast(Viewer), "audit-list"),
     route("GET", "/api/audit/verify", AuditVerify, AtLeast(Viewer), "audit-verify"),
     route("GET", "/api/openapi.json", OpenApi, Public, "openapi"),
+    route("ANY", "/proxy/{provider}/{path+}", Proxy, AtLeast(Viewer), "proxy"),
+    route("GET", "/api/quotas/{provider}", QuotasGet, AtLeast(Viewer), "quotas"),
+    route("PUT", "/api/quotas/{provider}", QuotasPut, AtLeast(Admin), "quotas"),
+    route("GET", "/api/usage", UsageGet, AtLeast(Viewer), "usage"),
+    route("GET", "/api/notifications", NotificationsList, AtLeast(Viewer), "notifications"),
+    route("POST", "/api/notifications/{id}/read", NotificationsRead, AtLeast(Viewer), "notifications"),
+    route("DELETE", "/api/cache/{provider}", CachePurge, AtLeast(Admin), "cache-purge"),
     Route { method: "POST", path: "/api/dev/login", operation: DevLogin, access: Public, function: None, dev_only: true },
 ];
 
@@ -93,6 +109,15 @@ fn match_template(template: &'static str, path: &str) -> Option<Vec<(&'static st
     loop {
         match (t.next(), p.next()) {
             (None, None) => return Some(params),
+            (Some(ts), Some(ps)) if ts.starts_with('{') && ts.ends_with("+}") => {
+                let rest: Vec<&str> = std::iter::once(ps).chain(p.by_ref()).collect();
+                let rest = rest.join("/");
+                if rest.is_empty() || t.next().is_some() {
+                    return None;
+                }
+                params.push((&ts[1..ts.len() - 2], rest));
+                return Some(params);
+            }
             (Some(ts), Some(ps)) if ts.starts_with('{') && ts.ends_with('}') => {
                 if ps.is_empty() {
                     return None;
@@ -112,7 +137,7 @@ pub fn match_route(routes: impl IntoIterator<Item = &'static Route>, method: &st
     let mut methods = Vec::new();
     for route in routes {
         let Some(params) = match_template(route.path, path) else { continue };
-        if route.method != method {
+        if route.method != method && route.method != "ANY" {
             if !methods.contains(&route.method) {
                 methods.push(route.method);
             }
@@ -143,6 +168,11 @@ mod tests {
         assert_eq!(match_route(ROUTES, "PUT", "/api/keys/abc"), RouteMatch::MethodNotAllowed(vec!["GET", "PATCH", "DELETE"]));
         assert_eq!(match_route(ROUTES, "GET", "/api/keys/"), RouteMatch::NotFound);
         assert_eq!(match_route(ROUTES, "GET", "/api/nope"), RouteMatch::NotFound);
+        let RouteMatch::Found { route, params } = match_route(ROUTES, "PATCH", "/proxy/openai/v1/models/x") else { panic!() };
+        assert_eq!(route.operation, Operation::Proxy);
+        assert_eq!(params, vec![("provider", "openai".to_owned()), ("path", "v1/models/x".to_owned())]);
+        assert_eq!(match_route(ROUTES, "GET", "/proxy/openai"), RouteMatch::NotFound);
+        assert_eq!(match_route(ROUTES, "GET", "/proxy/openai/"), RouteMatch::NotFound);
     }
 
     #[test]
@@ -164,7 +194,12 @@ mod tests {
                 "keys-delete",
                 "audit-list",
                 "audit-verify",
-                "openapi"
+                "openapi",
+                "proxy",
+                "quotas",
+                "usage",
+                "notifications",
+                "cache-purge"
             ]
         );
     }

@@ -18,9 +18,10 @@ use crate::domain::keys::{Actor, IfMatch, KeyRecord, KeyStatus, TestResult};
 use crate::domain::masking::mask;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::domain::validation::{FormatWarning, check_credentials, check_label};
-use crate::ports::{AuditLog, Binding, KeyStore, KeyVault, Page, UpstreamClient};
+use crate::ports::{AuditLog, Binding, KeyStore, KeyVault, Page, ResponseCache, UpstreamClient};
 
 use super::connection_test::run_test;
+use super::proxy::KeyCache;
 use super::upstreams::Upstreams;
 use super::{ServiceError, cursor};
 
@@ -79,6 +80,10 @@ pub struct KeyService {
     pub vault: Arc<dyn KeyVault>,
     pub upstream: Arc<dyn UpstreamClient>,
     pub upstreams: Upstreams,
+    /// The proxy's cached answers, purged when a key goes away or changes.
+    pub cache: Arc<dyn ResponseCache>,
+    /// The proxy's decrypted keys of this process, evicted on the same occasions.
+    pub key_cache: Arc<KeyCache>,
 }
 
 fn credentials_from(map: BTreeMap<String, KeyMaterial>) -> Credentials {
@@ -288,6 +293,9 @@ impl KeyService {
             },
             (e, _) => e.into(),
         })?;
+        if sealed.is_some() || record.environment != current.environment {
+            self.forget_in_proxy(&current.workspace, id, &provider.id).await;
+        }
         Ok(Saved { record, warnings })
     }
 
@@ -300,9 +308,20 @@ impl KeyService {
             .target(&provider.id, current.environment, Some(id))
             .fingerprint(&current.fingerprint);
         self.store.delete(&caller.workspace, id, current.version, draft).await?;
+        self.forget_in_proxy(&current.workspace, id, &provider.id).await;
         self.release(&current.workspace, id).await;
         tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key deleted");
         Ok(())
+    }
+
+    /// After a key is deleted or given new material: this process forgets its decrypted copy at
+    /// once (other processes find out on their next admission write), and the provider's cached
+    /// answers of the workspace are purged. The purge is best effort: the key change has committed.
+    async fn forget_in_proxy(&self, workspace: &str, key_id: &str, provider: &str) {
+        self.key_cache.evict_key(workspace, key_id);
+        if let Err(e) = self.cache.purge(workspace, provider).await {
+            tracing::warn!(key_id, workspace, provider, error = %e, "could not purge the provider's cached answers");
+        }
     }
 
     /// Asks the vault to destroy material it keeps outside the store (Secrets Manager secrets).

@@ -6,6 +6,8 @@ pub mod consistency;
 pub mod cursor;
 pub mod error;
 pub mod keys;
+pub mod metering;
 pub mod upstreams;
 
 pub use error::ServiceError;
+pub mod proxy;

@@ -49,7 +49,7 @@ fn caller(ws: &str) -> Caller {
     Caller { sub: "sub-1".into(), email: "ana@example.com".into(), role: Role::Admin, workspace: ws.to_owned() }
 }
 
-fn draft(ws: &str, act: &str, provider: &str, key_id: Option<&str>) -> AuditDraft {
+pub(crate) fn draft(ws: &str, act: &str, provider: &str, key_id: Option<&str>) -> AuditDraft {
     AuditDraft::new(
         &caller(ws),
         &RequestMeta { request_id: "req-1".into(), source_ip: "127.0.0.1".into(), user_agent: "conformance".into() },
@@ -86,7 +86,7 @@ pub fn record(ws: &str, provider: &str, environment: Environment) -> KeyRecord {
     }
 }
 
-fn sealed(tag: u8) -> SealedMaterial {
+pub(crate) fn sealed(tag: u8) -> SealedMaterial {
     SealedMaterial { scheme: "test-scheme".into(), blob: vec![tag; 48] }
 }
 

@@ -6,16 +6,30 @@
 
 pub mod key_store;
 pub mod key_vault;
+pub mod meter_store;
+pub mod notification_store;
+pub mod response_cache;
 
 use std::sync::Arc;
 
-use stockpulse_shared::ports::{AuditLog, KeyStore};
+use stockpulse_shared::ports::{AuditLog, KeyStore, MeterStore, NotificationStore, ResponseCache};
 
 /// The storage ports one backend provides together (their writes share transactions).
 #[derive(Clone)]
 pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub audit: Arc<dyn AuditLog>,
+}
+
+/// The ports the proxy writes through, from one backend: admissions check key records and
+/// policies and notifications append audit entries in the same transaction.
+#[derive(Clone)]
+pub struct ProxyStores {
+    pub keys: Arc<dyn KeyStore>,
+    pub audit: Arc<dyn AuditLog>,
+    pub meter: Arc<dyn MeterStore>,
+    pub cache: Arc<dyn ResponseCache>,
+    pub notifications: Arc<dyn NotificationStore>,
 }
 
 /// A workspace name no other check uses.

@@ -1,28 +1,30 @@
-//! DynamoDB single-table implementation of `KeyStore` and `AuditLog`.
+//! DynamoDB single-table implementation of `KeyStore` and `AuditLog` (and, in `dynamo_metering`,
+//! of `MeterStore`, `ResponseCache` and `NotificationStore`).
 //!
 //! One table, string partition key `pk` and sort key `sk`, on-demand capacity, TTL attribute
-//! `expires_at` (for cache entries and other expiring items later ports add). Items and the
-//! access pattern each serves:
+//! `expires_at` (epoch seconds; minute windows and cache entries). Items and the access pattern
+//! each serves:
 //!
 //! | item | pk | sk | serves |
 //! |---|---|---|---|
-//! | key record | `WS#<workspace>` | `KEY#<key id>` | get by id; list a workspace's keys (Query `KEY#` range, id order) |
+//! | key record | `WS#<workspace>` | `KEY#<key id>` | get by id; list a workspace's keys (Query `KEY#` range, id order); `status`, `key_version` and `last_used_at` are top-level attributes for the admission's condition and update |
 //! | slot | `WS#<workspace>` | `SLOT#<provider>#<environment>` | one key per provider + environment (conditional put); find a workspace's key for a provider |
 //! | key material | `WS#<workspace>` | `MAT#<key id>#<version, 10 digits>` | the sealed material of one version (KMS vault) |
+//! | quota policy | `WS#<workspace>` | `POLICY#<provider>#<environment>` | the workspace's limits (one number attribute per limit, absent = none); GetItem on the proxy's path; written with its audit entry |
 //! | audit entry | `AUDIT#<workspace>` | `SEQ#<seq, 20 digits>` | the chain in order (Query ascending) and the audit list (Query descending, filters) |
 //! | audit head | `AUDIT#<workspace>` | `HEAD` | newest seq and hash; the conditional update on it serialises appends |
+//! | usage by day | `USAGE#<workspace>` | `DAY#<yyyy-mm-dd>#<provider>#<environment>` | usage counters added with `ADD` (`requests` is also the day's request counter; `lat_00`..`lat_12` latency buckets; `provider_limits` map + `provider_limits_at`); a workspace's date range is one Query (day first in the key), a provider is a filter |
+//! | minute window | `QUOTA#<workspace>#<provider>#<environment>` | `MIN#<epoch minute, 12 digits>` | the per-minute request counter; `expires_at` 5 minutes after the window |
+//! | month | `QUOTA#<workspace>#<provider>#<environment>` | `MONTH#<yyyy-mm>` | the month's `requests` and LLM `tokens` counters |
+//! | cache entry | `CACHE#<workspace>#<provider>` | `<cache key: sha-256 hex>` | GetItem by key; purge = Query of the partition + BatchWriteItem deletes; `expires_at` TTL (checked on read too) |
+//! | notification | `NOTIFY#<workspace>` | `N#<id, UUIDv7>` | a workspace's notifications, newest first (Query descending); `mark_read` by id |
+//! | dedupe marker | `NOTIFY#<workspace>` | `DEDUPE#<dedupe key>` | put with `attribute_not_exists` in the notification's transaction: one notification per dedupe key |
 //! | system | `SYSTEM` | `<name>` | blobs the backend keeps for itself (the KMS-wrapped fingerprint key) |
+//! | rotation due (sparse GSI `gsi1`, planned) | `gsi1pk = DUE` | `gsi1sk = <due time>#<workspace>#<key id>` | the scheduler's Query of keys due for rotation or re-verification, without a Scan |
 //!
-//! Items the later ports add to the same table (designed now, so the keys do not collide):
-//!
-//! | item | pk | sk | serves |
-//! |---|---|---|---|
-//! | usage by day | `USAGE#<workspace>#<provider>#<environment>` | `DAY#<yyyy-mm-dd>` | counters (requests, errors, cache hits, tokens) added with one `UpdateItem ADD`; charts Query a day range |
-//! | rate window / quota | `QUOTA#<workspace>#<provider>#<environment>` | `MIN#<epoch minute>`, `DAY#<date>`, `MONTH#<yyyy-mm>` | one conditional `UpdateItem` decides limit + quota + usage together; minute items expire through `expires_at` |
-//! | quota policy | `WS#<workspace>` | `POLICY#<provider>#<environment>` | read with the key on the proxy's path |
-//! | cache entry | `CACHE#<sha-256 of workspace, provider, environment, request>` | `ENTRY` | GetItem by hash; `expires_at` TTL |
-//! | notification | `NOTIFY#<workspace>` | `<time>#<id>` | a workspace's notifications, newest first |
-//! | rotation due (sparse GSI `gsi1`) | `gsi1pk = DUE` | `gsi1sk = <due time>#<workspace>#<key id>` | the scheduler's Query of keys due for rotation or re-verification, without a Scan |
+//! Partition heat: a workspace's usage days share one partition (so that a date range is one
+//! Query), while its counters are split per provider + environment; each counter item takes at
+//! most ~1,000 writes/s (transactional writes cost twice), far above provider rate limits.
 //!
 //! Every mutation and its audit entry (plus the head update) go in one `TransactWriteItems`;
 //! optimistic locking is a condition on `version`; listing is a Query with a cursor, never a
@@ -51,14 +53,14 @@ use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreE
 
 use super::describe;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// A Query's filter: conditions joined with AND, and their placeholders.
 #[derive(Default)]
-struct QueryFilter {
-    conditions: Vec<&'static str>,
-    names: Vec<(&'static str, &'static str)>,
-    values: Vec<(&'static str, AttributeValue)>,
+pub(super) struct QueryFilter {
+    pub(super) conditions: Vec<&'static str>,
+    pub(super) names: Vec<(&'static str, &'static str)>,
+    pub(super) values: Vec<(&'static str, AttributeValue)>,
 }
 
 /// Appends that lose a race for the chain head try again this many times.
@@ -66,36 +68,39 @@ const MAX_ATTEMPTS: usize = 12;
 
 #[derive(Clone)]
 pub struct DynamoStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
     /// Per-workspace queue for audit appends of this process (see `commit`).
     append_locks: std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// What a failed condition on one transaction item means.
 #[derive(Clone, Copy)]
-enum OnConflict {
+pub(super) enum OnConflict {
     /// The key item's version condition: the record changed or is gone.
     KeyVersion,
     /// The slot item already exists.
     SlotTaken,
     /// An item that must still belong to this key (the old slot).
     Stale,
+    /// A marker item that must not exist yet (a notification's dedupe key). Reported as
+    /// `StoreError::SlotTaken`, which the caller reads as "already there".
+    Duplicate,
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn n(value: impl ToString) -> AttributeValue {
+pub(super) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn ts(time: &DateTime<Utc>) -> String {
+pub(super) fn ts(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-fn ws_pk(workspace: &str) -> String {
+pub(super) fn ws_pk(workspace: &str) -> String {
     format!("WS#{workspace}")
 }
 
@@ -103,7 +108,7 @@ fn audit_pk(workspace: &str) -> String {
     format!("AUDIT#{workspace}")
 }
 
-fn key_sk(id: &str) -> String {
+pub(super) fn key_sk(id: &str) -> String {
     format!("KEY#{id}")
 }
 
@@ -119,33 +124,33 @@ fn seq_sk(seq: u64) -> String {
     format!("SEQ#{seq:020}")
 }
 
-fn key(pk: String, sk: String) -> Item {
+pub(super) fn key(pk: String, sk: String) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-fn unavailable<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
+pub(super) fn unavailable<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
     e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
 ) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB: {}", describe(&e)))
 }
 
-fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+pub(super) fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str).ok_or_else(|| corrupt(format!("item lacks `{name}`")))
 }
 
-fn get_opt_s(item: &Item, name: &str) -> Option<String> {
+pub(super) fn get_opt_s(item: &Item, name: &str) -> Option<String> {
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
-fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
+pub(super) fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T, StoreError> {
     item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(format!("item lacks number `{name}`")))
 }
 
-fn build<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, StoreError> {
+pub(super) fn build<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, StoreError> {
     result.map_err(|e| StoreError::Unavailable(format!("DynamoDB request could not be built: {e}")))
 }
 
@@ -227,7 +232,7 @@ impl DynamoStore {
         }
     }
 
-    async fn get_item(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
+    pub(super) async fn get_item(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -242,7 +247,7 @@ impl DynamoStore {
 
     /// Every item of a partition whose sort key is in `[from, to]`, in order, over as many pages
     /// as it takes; with `limit`, at most that many; with `filter`, only the items it matches.
-    async fn query_range(
+    pub(super) async fn query_range(
         &self,
         pk: String,
         from: String,
@@ -302,6 +307,13 @@ impl DynamoStore {
         item.insert("environment".into(), s(record.environment.as_str()));
         item.insert("version".into(), n(record.version));
         item.insert("key_version".into(), n(record.key_version));
+        // Read by the proxy's admission condition (a revoked key admits nothing).
+        item.insert("status".into(), s(record.status.as_str()));
+        // Set by every admission (`dynamo_metering`); a record write carries the value it read,
+        // so that rewriting the item does not lose it.
+        if let Some(used) = &record.last_used_at {
+            item.insert("last_used_at".into(), s(ts(used)));
+        }
         item.insert("doc".into(), s(doc));
         Ok(item)
     }
@@ -309,10 +321,20 @@ impl DynamoStore {
     fn record_from(workspace: &str, item: &Item) -> Result<KeyRecord, StoreError> {
         let mut record: KeyRecord = serde_json::from_str(get_s(item, "doc")?).map_err(corrupt)?;
         record.workspace = workspace.to_owned();
+        // Admissions update `last_used_at` on the item without rewriting `doc`.
+        if let Some(used) = get_opt_s(item, "last_used_at") {
+            let used = DateTime::parse_from_rfc3339(&used).map_err(corrupt)?.with_timezone(&Utc);
+            record.last_used_at = record.last_used_at.max(Some(used));
+        }
         Ok(record)
     }
 
-    fn put(&self, item: Item, condition: Option<&str>, values: &[(&str, AttributeValue)]) -> Result<TransactWriteItem, StoreError> {
+    pub(super) fn put(
+        &self,
+        item: Item,
+        condition: Option<&str>,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<TransactWriteItem, StoreError> {
         let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
         if let Some(condition) = condition {
             put = put.condition_expression(condition);
@@ -415,7 +437,7 @@ impl DynamoStore {
     /// Appends of one process to one workspace queue on a local lock first, so tasks of a process
     /// never race each other for the head through DynamoDB (every lost race costs a round trip
     /// and a backoff). Across processes the conditional head update decides.
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         mutation: Vec<(TransactWriteItem, OnConflict)>,
         audit: AuditDraft,
@@ -450,7 +472,7 @@ impl DynamoStore {
                     let failed = |i: usize| codes.get(i).is_some_and(|c| *c == "ConditionalCheckFailed");
                     if let Some((_, on_conflict)) = mutation.iter().enumerate().find(|(i, _)| failed(*i)).map(|(_, m)| m) {
                         return Err(match on_conflict {
-                            OnConflict::SlotTaken => StoreError::SlotTaken,
+                            OnConflict::SlotTaken | OnConflict::Duplicate => StoreError::SlotTaken,
                             OnConflict::KeyVersion | OnConflict::Stale => match key_ref {
                                 Some((ws, id)) if self.get_item(ws_pk(ws), key_sk(id)).await?.is_none() => StoreError::NotFound,
                                 _ => StoreError::VersionMismatch,

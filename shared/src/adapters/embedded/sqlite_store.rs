@@ -4,6 +4,8 @@
 //! and queries need), `key_material` (sealed material per key version), `audit` (every field a
 //! column, so an edit of any of them breaks the hash chain), `audit_heads` (per workspace the
 //! newest entry's seq and hash, written in the same transaction as the entry).
+//! `keys.last_used_at` is kept beside the record (the proxy's admission sets it, see
+//! `sqlite_metering`) and overlaid onto every record read, so record writes never race it.
 //! Sees sealed material only, never plaintext.
 
 use std::path::Path;
@@ -83,11 +85,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        super::sqlite_metering::migrate(&conn)?;
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// Runs `work` on the connection off the async threads.
-    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -102,15 +105,15 @@ impl SqliteStore {
     }
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
+pub(super) fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-fn ts(time: &DateTime<Utc>) -> String {
+pub(super) fn ts(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
@@ -124,8 +127,25 @@ fn record_from(workspace: &str, doc: &str) -> Result<KeyRecord, StoreError> {
     Ok(record)
 }
 
+pub(super) fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    Ok(DateTime::parse_from_rfc3339(text).map_err(corrupt)?.with_timezone(&Utc))
+}
+
+/// A record as read: the doc with the `last_used_at` column laid over it.
+fn record_read(workspace: &str, doc: &str, last_used_at: Option<&str>) -> Result<KeyRecord, StoreError> {
+    let mut record = record_from(workspace, doc)?;
+    if let Some(used) = last_used_at {
+        record.last_used_at = Some(parse_ts(used)?);
+    }
+    Ok(record)
+}
+
+fn doc_and_use(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Option<String>)> {
+    Ok((row.get(0)?, row.get(1)?))
+}
+
 /// Appends `draft` to its workspace's chain inside `tx`.
-fn append_in(tx: &Transaction<'_>, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
+pub(super) fn append_in(tx: &Transaction<'_>, draft: AuditDraft) -> Result<AuditEntry, StoreError> {
     let head: Option<(u64, String)> = tx
         .query_row("SELECT seq, hash FROM audit_heads WHERE workspace = ?1", [&draft.workspace], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
@@ -236,11 +256,11 @@ impl KeyStore for SqliteStore {
     async fn get(&self, workspace: &str, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let (workspace, id) = (workspace.to_owned(), id.to_owned());
         self.run(move |conn| {
-            let doc: Option<String> = conn
-                .query_row("SELECT doc FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], |r| r.get(0))
+            let row = conn
+                .query_row("SELECT doc, last_used_at FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], doc_and_use)
                 .optional()
                 .map_err(unavailable)?;
-            doc.map(|d| record_from(&workspace, &d)).transpose()
+            row.map(|(doc, used)| record_read(&workspace, &doc, used.as_deref())).transpose()
         })
         .await
     }
@@ -248,14 +268,15 @@ impl KeyStore for SqliteStore {
     async fn list(&self, workspace: &str, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError> {
         let (workspace, after) = (workspace.to_owned(), after.unwrap_or("").to_owned());
         self.run(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT doc FROM keys WHERE workspace = ?1 AND id > ?2 ORDER BY id LIMIT ?3").map_err(unavailable)?;
-            let docs: Vec<String> = stmt
-                .query_map(params![workspace, after, limit as i64 + 1], |r| r.get(0))
+            let mut stmt = conn
+                .prepare_cached("SELECT doc, last_used_at FROM keys WHERE workspace = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+                .map_err(unavailable)?;
+            let rows: Vec<(String, Option<String>)> = stmt
+                .query_map(params![workspace, after, limit as i64 + 1], doc_and_use)
                 .map_err(unavailable)?
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
-            let mut items = docs.iter().map(|d| record_from(&workspace, d)).collect::<Result<Vec<_>, _>>()?;
+            let mut items = rows.iter().map(|(d, used)| record_read(&workspace, d, used.as_deref())).collect::<Result<Vec<_>, _>>()?;
             let next = if items.len() > limit {
                 items.truncate(limit);
                 items.last().map(|r| r.id.clone())
@@ -270,15 +291,15 @@ impl KeyStore for SqliteStore {
     async fn find_slot(&self, workspace: &str, provider: &str, environment: Environment) -> Result<Option<KeyRecord>, StoreError> {
         let (workspace, provider) = (workspace.to_owned(), provider.to_owned());
         self.run(move |conn| {
-            let doc: Option<String> = conn
+            let row = conn
                 .query_row(
-                    "SELECT doc FROM keys WHERE workspace = ?1 AND provider = ?2 AND environment = ?3",
+                    "SELECT doc, last_used_at FROM keys WHERE workspace = ?1 AND provider = ?2 AND environment = ?3",
                     params![workspace, provider, environment.as_str()],
-                    |r| r.get(0),
+                    doc_and_use,
                 )
                 .optional()
                 .map_err(unavailable)?;
-            doc.map(|d| record_from(&workspace, &d)).transpose()
+            row.map(|(doc, used)| record_read(&workspace, &doc, used.as_deref())).transpose()
         })
         .await
     }
@@ -378,11 +399,12 @@ impl KeyStore for SqliteStore {
         let workspace = workspace.to_owned();
         self.run(move |conn| {
             let mut records = Vec::new();
-            let mut stmt = conn.prepare_cached("SELECT doc FROM keys WHERE workspace = ?1 ORDER BY id").map_err(unavailable)?;
-            let docs: Vec<String> =
-                stmt.query_map([&workspace], |r| r.get(0)).map_err(unavailable)?.collect::<Result<_, _>>().map_err(unavailable)?;
-            for doc in &docs {
-                records.push(record_from(&workspace, doc)?);
+            let mut stmt =
+                conn.prepare_cached("SELECT doc, last_used_at FROM keys WHERE workspace = ?1 ORDER BY id").map_err(unavailable)?;
+            let rows: Vec<(String, Option<String>)> =
+                stmt.query_map([&workspace], doc_and_use).map_err(unavailable)?.collect::<Result<_, _>>().map_err(unavailable)?;
+            for (doc, used) in &rows {
+                records.push(record_read(&workspace, doc, used.as_deref())?);
             }
             // The UNIQUE (workspace, provider, environment) constraint is the slot.
             let slots = records.iter().map(|r: &KeyRecord| (r.provider.clone(), r.environment, r.id.clone())).collect();
