@@ -134,7 +134,7 @@ async fn calls_per_operation_and_the_cost_table_are_measured() {
     assert_eq!(c.get("/proxy/openai/models", Some(&token)).await.header("x-stockpulse-cache"), Some("HIT"));
     rows.push(("proxied request, warm, cache HIT", Counts::of(&proxy.take_calls())));
     assert_eq!(c.delete(&path, Some(&token), None).await.status, 204);
-    rows.push(("delete a key", Counts::of(&proxy.take_calls())));
+    rows.push(("delete a key (and purge its cached answers)", Counts::of(&proxy.take_calls())));
 
     let get = |name: &str| rows.iter().find(|r| r.0 == name).unwrap().1;
     // The budgets this design promises; a change that breaks one fails here.
@@ -150,10 +150,11 @@ async fn calls_per_operation_and_the_cost_table_are_measured() {
         assert_eq!(warm.dynamo_writes, 1, "{name}: one write decides the limits and records usage");
     }
     assert_eq!(get("proxied request, key not yet in memory").kms, 1, "one Decrypt when the key is not in memory");
-    for (name, counts) in rows.iter().filter(|(n, _)| !n.ends_with("cacheable MISS")) {
+    for (name, counts) in rows.iter().filter(|(n, _)| !n.ends_with("cacheable MISS") && !n.starts_with("delete")) {
         assert!(counts.dynamo_writes <= 1, "{name}: every operation writes in at most one request (one transaction)");
     }
     assert_eq!(get("proxied request, warm, cacheable MISS").dynamo_writes, 2, "the admission write and the cache entry");
+    assert_eq!(get("delete a key (and purge its cached answers)").dynamo_writes, 2, "the delete's transaction, then the purge");
 
     let mut doc = String::new();
     writeln!(doc, "# AWS calls and cost of StockPulse Keys\n").unwrap();

@@ -203,8 +203,8 @@ async fn no_request_escapes_the_providers_base_url() {
     c.get("%2F", "/proxy/openai/models%2F..", bad_path);
     c.get("%2F then host", &format!("/proxy/openai/%2F{evil}/x"), bad_path);
     c.get("%5c", "/proxy/openai/models%5c..%5cx", bad_path);
-    c.get("raw backslash", "/proxy/openai/models\\..\\x", Malformed);
-    c.get("raw backslash then host", &format!("/proxy/openai/\\\\{evil}/x"), Malformed);
+    c.get("raw backslash", "/proxy/openai/models\\..\\x", bad_path);
+    c.get("raw backslash then host", &format!("/proxy/openai/\\\\{evil}/x"), bad_path);
 
     // Another host in the path.
     c.get("//host", &format!("/proxy/openai//{evil}/x"), bad_path);
@@ -221,15 +221,11 @@ async fn no_request_escapes_the_providers_base_url() {
     // Controls, CRLF and odd bytes.
     c.get("%00", "/proxy/openai/models%00", bad_path);
     c.get("%0d%0a in the path", &format!("/proxy/openai/models%0d%0aHost:%20{evil}"), bad_path);
-    c.raw(
-        "raw CRLF in the path",
-        format!("GET /proxy/openai/models\r\nHost: {evil} HTTP/1.1\r\nHost: {gateway}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
-            .into_bytes(),
-        Malformed,
-    );
+    // The request line ends early; what follows would be a Host header naming the attacker.
+    c.raw("raw CRLF in the path", c.head(&format!("GET /proxy/openai/models\r\nHost: {evil} HTTP/1.1"), &gateway, ""), Malformed);
     c.get("bad escape %zz", "/proxy/openai/models%zz", bad_path);
     c.get("overlong path", &format!("/proxy/openai/{}", "a".repeat(2100)), bad_path);
-    c.raw("non-ASCII in the path", c.head("GET /proxy/openai/caf\u{e9} HTTP/1.1", &gateway, ""), Malformed);
+    c.raw("non-ASCII in the path", c.head("GET /proxy/openai/caf\u{e9} HTTP/1.1", &gateway, ""), bad_path);
     c.get("%0d%0aHost: in the query", &format!("/proxy/openai/files?x=%0d%0aHost:%20{evil}"), bad_path);
     c.get("a URL in the query is only a value", &format!("/proxy/openai/files/q?url=http://{evil}/steal"), Provider);
 
@@ -256,7 +252,12 @@ async fn no_request_escapes_the_providers_base_url() {
         &format!("X-StockPulse-Environment: production\r\n Host: {evil}\r\n"),
         Malformed,
     );
-    c.with_headers("64 KiB header", "/proxy/openai/files/h8", &format!("X-Big: {}\r\n", "a".repeat(64 * 1024)), Malformed);
+    c.with_headers(
+        "64 KiB header",
+        "/proxy/openai/files/h8",
+        &format!("X-Big: {}\r\n", "a".repeat(64 * 1024)),
+        Refused(431, "headers_too_large"),
+    );
     let many: String = (0..300).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
     c.with_headers("300 headers", "/proxy/openai/files/h9", &many, Malformed);
     c.raw("Host names the attacker", c.head("GET /proxy/openai/files/h10 HTTP/1.1", &evil, ""), Provider);
@@ -365,6 +366,8 @@ async fn no_request_escapes_the_providers_base_url() {
         assert!(p.starts_with("/v1/"), "the provider received a request outside its prefix: {p}");
         assert!(!p.contains("..") && !p.to_ascii_lowercase().contains("%2e") && !p.contains('@'), "an escape reached the provider: {p}");
         assert!(!p.contains("/landing"), "a redirect was followed: {p}");
+        let authorization: Vec<&[u8]> = request.headers.get_all("authorization").iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(authorization, [format!("Bearer {key}").as_bytes()], "{p}: only the injected key authorizes the request");
     }
     assert!(failures.is_empty(), "{} of {} attempts misbehaved:\n{}", failures.len(), attempts.len(), failures.join("\n"));
 }

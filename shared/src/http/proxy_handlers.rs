@@ -48,14 +48,15 @@ impl Reply {
 impl From<ProxyFailure> for ApiError {
     fn from(f: ProxyFailure) -> ApiError {
         let mut error = ApiError::new(f.status, f.code, f.message);
-        error.field = f.field;
+        let d = *f.details;
+        error.field = d.field;
         error.proxy = Some(Box::new(ProxyErrorDetails {
-            provider: f.provider,
-            upstream_status: f.upstream_status,
-            provider_message: f.provider_message,
-            limit: f.limit.map(|l| l.as_str()),
-            retry_after: f.retry_after,
-            headers: f.headers,
+            provider: d.provider,
+            upstream_status: d.upstream_status,
+            provider_message: d.provider_message,
+            limit: d.limit.map(|l| l.as_str()),
+            retry_after: d.retry_after,
+            headers: d.headers,
         }));
         error
     }

@@ -234,7 +234,7 @@ impl MeteringService {
 }
 
 fn percent(used: u64, limit: u64) -> u64 {
-    if limit == 0 { 100 } else { used.saturating_mul(100) / limit }
+    used.saturating_mul(100).checked_div(limit).unwrap_or(100)
 }
 
 fn hit_rate(counts: &UsageCounts) -> Option<f64> {

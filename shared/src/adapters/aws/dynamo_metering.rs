@@ -217,7 +217,11 @@ impl Change {
             .iter()
             .map(|(attribute, limit)| {
                 let name = p.name(attribute);
-                format!("(attribute_not_exists({name}) OR {name} < {})", p.value(n(limit)))
+                match limit {
+                    // Nothing is below zero, not even a counter that does not exist yet.
+                    0 => format!("(attribute_exists({name}) AND attribute_not_exists({name}))"),
+                    _ => format!("(attribute_not_exists({name}) OR {name} < {})", p.value(n(limit))),
+                }
             })
             .collect();
         let mut update = Update::builder().table_name(table).set_key(Some(key(self.pk, self.sk))).update_expression(expression.join(" "));

@@ -40,7 +40,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem,
+    TransactWriteItem, Update,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -309,13 +309,33 @@ impl DynamoStore {
         item.insert("key_version".into(), n(record.key_version));
         // Read by the proxy's admission condition (a revoked key admits nothing).
         item.insert("status".into(), s(record.status.as_str()));
-        // Set by every admission (`dynamo_metering`); a record write carries the value it read,
-        // so that rewriting the item does not lose it.
+        // Set by every admission (`dynamo_metering`); rewrites of the record leave it alone
+        // (`key_rewrite`), so only a new record takes it from the record.
         if let Some(used) = &record.last_used_at {
             item.insert("last_used_at".into(), s(ts(used)));
         }
         item.insert("doc".into(), s(doc));
         Ok(item)
+    }
+
+    /// Rewrites an existing key item as an Update that sets every attribute of `key_item` but
+    /// `last_used_at`: admissions set that one concurrently, and a rewrite based on a read from
+    /// before them must not take it back.
+    fn key_rewrite(&self, record: &KeyRecord, condition: &str, values: &[(&str, AttributeValue)]) -> Result<TransactWriteItem, StoreError> {
+        let mut item = Self::key_item(record)?;
+        let (Some(pk), Some(sk)) = (item.remove("pk"), item.remove("sk")) else { return Err(corrupt("a key item without its key")) };
+        item.remove("last_used_at");
+        let mut update = Update::builder().table_name(&self.table).key("pk", pk).key("sk", sk).condition_expression(condition);
+        let mut sets = Vec::new();
+        for (i, (name, value)) in item.into_iter().enumerate() {
+            sets.push(format!("#k{i} = :k{i}"));
+            update = update.expression_attribute_names(format!("#k{i}"), name).expression_attribute_values(format!(":k{i}"), value);
+        }
+        for (name, value) in values {
+            update = update.expression_attribute_values(*name, value.clone());
+        }
+        let update = update.update_expression(format!("SET {}", sets.join(", ")));
+        Ok(TransactWriteItem::builder().update(build(update.build())?).build())
     }
 
     fn record_from(workspace: &str, item: &Item) -> Result<KeyRecord, StoreError> {
@@ -553,7 +573,7 @@ impl KeyStore for DynamoStore {
             return Err(StoreError::VersionMismatch);
         }
         let mut mutation = vec![(
-            self.put(Self::key_item(record)?, Some("attribute_exists(pk) AND version = :expected"), &[(":expected", n(expected_version))])?,
+            self.key_rewrite(record, "attribute_exists(pk) AND version = :expected", &[(":expected", n(expected_version))])?,
             OnConflict::KeyVersion,
         )];
         if current.environment != record.environment || current.provider != record.provider {
@@ -654,10 +674,8 @@ impl KeyStore for DynamoStore {
             record.last_verified_at = Some(result.tested_at);
             record.last_test = Some(result.clone());
             record.status = status;
-            let mutation = vec![(
-                self.put(Self::key_item(&record)?, Some("attribute_exists(pk) AND version = :v"), &[(":v", n(observed))])?,
-                OnConflict::KeyVersion,
-            )];
+            let mutation =
+                vec![(self.key_rewrite(&record, "attribute_exists(pk) AND version = :v", &[(":v", n(observed))])?, OnConflict::KeyVersion)];
             match self.commit(mutation, audit.clone(), Some((workspace, id))).await {
                 // An edit landed between our read and write: read again and re-apply the result.
                 Err(StoreError::VersionMismatch) => continue,

@@ -199,7 +199,7 @@ fn admit_in(conn: &mut Connection, admission: &Admission) -> Result<Verdict, Sto
     if admission.counted {
         drop_old_minutes(&tx, &admission.meter, windows.minute)?;
         if let Some(limit) = count_request(&tx, &admission.meter, &windows, &admission.limits)? {
-            tx.commit().map_err(unavailable)?;
+            tx.rollback().map_err(unavailable)?;
             let counters = read_counters(conn, &admission.meter, &windows)?;
             return Ok(Verdict::Limited { limit, counters });
         }
@@ -217,7 +217,7 @@ fn touch_key(tx: &Transaction<'_>, admission: &Admission) -> Result<bool, StoreE
         .execute(
             "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, ''), ?3)
              WHERE workspace = ?1 AND id = ?2
-               AND json_extract(doc, '$.key_version') = ?4 AND json_extract(doc, '$.status') <> ?5 || 'x'",
+               AND json_extract(doc, '$.key_version') = ?4 AND json_extract(doc, '$.status') <> ?5",
             params![admission.meter.workspace, admission.key_id, ts(&admission.now), admission.key_version, KeyStatus::Revoked.as_str()],
         )
         .map_err(unavailable)?;
@@ -254,7 +254,7 @@ fn count_request(tx: &Transaction<'_>, meter: &MeterKey, windows: &Windows, limi
 const BUMP_MINUTE: &str = "INSERT INTO meter_minutes (workspace, provider, environment, minute, requests)
      SELECT ?1, ?2, ?3, ?4, 1 WHERE ?5 IS NULL OR ?5 > 0
      ON CONFLICT (workspace, provider, environment, minute) DO UPDATE SET requests = requests + 1
-     WHERE ?5 IS NULL OR requests < ?5 + 1";
+     WHERE ?5 IS NULL OR requests < ?5";
 // The day's counter is the usage day's `requests`.
 const BUMP_DAY: &str = "INSERT INTO usage_days (workspace, provider, environment, day, requests)
      SELECT ?1, ?2, ?3, ?4, 1 WHERE ?5 IS NULL OR ?5 > 0

@@ -95,6 +95,12 @@ pub struct ProxyFailure {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Boxed: failures travel through every `?` of the proxy path and most carry few details.
+    pub details: Box<FailureDetails>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureDetails {
     pub field: Option<String>,
     pub provider: Option<String>,
     pub upstream_status: Option<u16>,
@@ -108,22 +114,11 @@ pub struct ProxyFailure {
 
 impl ProxyFailure {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProxyFailure {
-        ProxyFailure {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-            provider: None,
-            upstream_status: None,
-            provider_message: None,
-            limit: None,
-            retry_after: None,
-            headers: Vec::new(),
-        }
+        ProxyFailure { status, code, message: message.into(), details: Box::default() }
     }
 
     fn provider(mut self, provider: &str) -> ProxyFailure {
-        self.provider = Some(provider.to_owned());
+        self.details.provider = Some(provider.to_owned());
         self
     }
 }
@@ -224,13 +219,13 @@ impl ProxyService {
                     "invalid_environment",
                     "X-StockPulse-Environment must be production or development",
                 );
-                f.field = Some("X-StockPulse-Environment".into());
+                f.details.field = Some("X-StockPulse-Environment".into());
                 f
             })?,
         };
         let refuse = |r: PathRefusal| {
             let mut f = ProxyFailure::new(StatusCode::BAD_REQUEST, "invalid_proxy_path", r.to_string()).provider(&provider.id);
-            f.field = Some("path".into());
+            f.details.field = Some("path".into());
             f
         };
         let path = proxy_path::normalize_path(call.path).map_err(refuse)?;
@@ -405,9 +400,9 @@ impl ProxyService {
                         ),
                     )
                     .provider(&forward.provider.id);
-                    failure.limit = Some(limit);
-                    failure.retry_after = Some(retry_after);
-                    failure.headers = quota_headers(&counters, &limits);
+                    failure.details.limit = Some(limit);
+                    failure.details.retry_after = Some(retry_after);
+                    failure.details.headers = quota_headers(&counters, &limits);
                     return Err(failure);
                 }
                 Ok(Verdict::KeyChanged) if attempt == 0 => {
@@ -555,7 +550,7 @@ impl ProxyService {
                     _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
                 };
                 let mut failure = ProxyFailure::new(status, code, format!("{}: {e}", provider.name)).provider(&provider.id);
-                failure.headers = our_headers;
+                failure.details.headers = our_headers;
                 return Err(failure);
             }
         };
@@ -569,7 +564,7 @@ impl ProxyService {
                 format!("{} answered with a content encoding the proxy cannot read", provider.name),
             )
             .provider(&provider.id);
-            failure.upstream_status = Some(answer.status);
+            failure.details.upstream_status = Some(answer.status);
             return Err(failure);
         }
         let mut passed_headers = headers::returnable(&answer.headers, credentials);
@@ -608,7 +603,7 @@ impl ProxyService {
                             format!("{} answered with more than {} bytes", provider.name, self.limits.max_response_bytes),
                         )
                         .provider(&provider.id);
-                        failure.upstream_status = Some(answer.status);
+                        failure.details.upstream_status = Some(answer.status);
                         self.record_outcome(
                             forward,
                             started,
@@ -651,12 +646,13 @@ impl ProxyService {
                     self.mark_invalid(forward, answer.status, message.as_deref(), started.elapsed()).await;
                 }
                 let mut failure = ProxyFailure::new(status, code, describe_failure(provider, code, answer.status)).provider(&provider.id);
-                failure.upstream_status = Some(answer.status);
-                failure.provider_message = message;
+                failure.details.upstream_status = Some(answer.status);
+                failure.details.provider_message = message;
                 if status == StatusCode::TOO_MANY_REQUESTS {
-                    failure.retry_after = answer.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse().ok());
+                    failure.details.retry_after =
+                        answer.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse().ok());
                 }
-                failure.headers = our_headers;
+                failure.details.headers = our_headers;
                 Err(failure)
             }
         }
@@ -794,7 +790,7 @@ fn cache_mode(provider: &Provider, call: &ProxyCall<'_>, path: &str) -> Result<C
                     "invalid_cache_ttl",
                     format!("X-StockPulse-Cache-TTL must be a number of seconds from 0 to {MAX_REQUESTED_TTL_SECONDS}"),
                 );
-                f.field = Some("X-StockPulse-Cache-TTL".into());
+                f.details.field = Some("X-StockPulse-Cache-TTL".into());
                 return Err(f);
             };
             Some(ttl)
