@@ -109,6 +109,47 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
     let duplicate =
         client.post_json("/api/keys", Some(&token), &json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})).await;
     assert_eq!(duplicate.status, 409);
+    // The proxy and what surrounds it, on DynamoDB: cache, limits, notifications, usage.
+    served.push(Operation::Proxy);
+    let proxied = client.get("/proxy/openai/models", Some(&token)).await;
+    assert_eq!((proxied.status, proxied.header("x-stockpulse-cache")), (200, Some("MISS")), "{}", proxied.text);
+    assert_eq!(client.get("/proxy/openai/models", Some(&token)).await.header("x-stockpulse-cache"), Some("HIT"));
+    served.push(Operation::QuotasPut);
+    let put = client
+        .send(
+            client
+                .request(reqwest::Method::PUT, "/api/quotas/openai", Some(&token))
+                .json(&json!({"environment": "production", "limits": {"requests_per_day": 2}})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let refreshed =
+        client.send(client.request(reqwest::Method::GET, "/proxy/openai/models", Some(&token)).header("cache-control", "no-cache")).await;
+    assert_eq!(refreshed.header("x-stockpulse-quota-remaining"), Some("0"), "{}", refreshed.text);
+    let refused =
+        client.send(client.request(reqwest::Method::GET, "/proxy/openai/models", Some(&token)).header("cache-control", "no-cache")).await;
+    assert_eq!((refused.status, refused.code()), (429, "quota_exceeded"), "{}", refused.text);
+    served.push(Operation::QuotasGet);
+    let quotas = client.get("/api/quotas/openai", Some(&token)).await;
+    assert_eq!(quotas.json["environments"][0]["used"]["requests_today"], 2, "{}", quotas.text);
+    served.push(Operation::NotificationsList);
+    let notifications = client.get("/api/notifications", Some(&token)).await;
+    let items = notifications.json["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "80 % and 100 % of 2 requests a day: {}", notifications.text);
+    served.push(Operation::NotificationsRead);
+    let read = client.post_json(&format!("/api/notifications/{}/read", items[0]["id"].as_str().unwrap()), Some(&token), &json!({})).await;
+    assert!(read.json["read_at"].is_string(), "{}", read.text);
+    served.push(Operation::UsageGet);
+    let usage = client.get("/api/usage?provider=openai", Some(&token)).await;
+    assert_eq!(
+        (usage.json["totals"][0]["requests"].clone(), usage.json["totals"][0]["cache_hits"].clone()),
+        (json!(2), json!(1)),
+        "{}",
+        usage.text
+    );
+    served.push(Operation::CachePurge);
+    let purged = client.delete("/api/cache/openai", Some(&token), None).await;
+    assert_eq!(purged.json["removed"], 1, "{}", purged.text);
     served.push(Operation::AuditList);
     let audit = client.get("/api/audit?action=key.update", Some(&token)).await;
     assert_eq!(audit.json["items"].as_array().unwrap().len(), 1, "{}", audit.text);
@@ -118,7 +159,11 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
     served.push(Operation::AuditVerify);
     let verify = client.get("/api/audit/verify", Some(&token)).await;
     assert_eq!(verify.json["ok"], true, "{}", verify.text);
-    assert_eq!(verify.json["checked"], 6, "create, test, candidate test, update, test, delete: {}", verify.text);
+    assert_eq!(
+        verify.json["checked"], 10,
+        "create, test, candidate test, update, test, quota update, two quota thresholds, cache purge, delete: {}",
+        verify.text
+    );
     served.push(Operation::OpenApi);
     assert_eq!(client.get("/api/openapi.json", None).await.status, 200);
     for route in ROUTES.iter().filter(|r| !r.dev_only) {

@@ -49,6 +49,8 @@ pub const QUOTA_LIMIT_HEADER: &str = "x-stockpulse-quota-limit";
 /// process takes effect within this time; through this process, at once).
 const POLICY_TTL: Duration = Duration::from_secs(5);
 const MAX_PROVIDER_MESSAGE_CHARS: usize = 500;
+/// Earlier outcomes one admission write carries at most (the rest wait for the next write).
+const MAX_CARRIED_RECORDS: usize = 24;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ProxyLimits {
@@ -361,7 +363,7 @@ impl ProxyService {
         for attempt in 0..2 {
             let now = Utc::now();
             // Outcomes of earlier requests ride along; on any failure they go back to wait.
-            let held = self.pending.take();
+            let held = self.pending.take_some(MAX_CARRIED_RECORDS);
             let mut usage = held.clone();
             if !counted {
                 usage.push(self.usage_record(&forward.meter, now, UsageCounts { cache_hits: 1, ..UsageCounts::default() }));

@@ -35,6 +35,14 @@ impl PendingUsage {
         std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect()
     }
 
+    /// At most `max` records (the rest keep waiting): one DynamoDB transaction holds at most
+    /// 100 items, and each record touches up to two.
+    pub fn take_some(&self, max: usize) -> Vec<UsageRecord> {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<_> = records.keys().take(max).cloned().collect();
+        keys.into_iter().filter_map(|k| records.remove(&k)).collect()
+    }
+
     /// Puts records back after a write that did not happen.
     pub fn restore(&self, records: Vec<UsageRecord>) {
         for record in records {
