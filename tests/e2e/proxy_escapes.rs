@@ -194,6 +194,13 @@ async fn no_request_escapes_the_providers_base_url() {
     c.get(".%2e", "/proxy/openai/.%2e/x", bad_path);
     c.get("%2e.", "/proxy/openai/%2e./x", bad_path);
     c.get("double encoding %252e%252e", "/proxy/openai/%252e%252e/x", bad_path);
+    c.get("%2e%2e;", "/proxy/openai/%2e%2e;/x", bad_path);
+    // Servers that strip `;` path parameters before resolving dot segments (Tomcat, Jetty,
+    // Spring) read `..;` as `..`: a segment that is `.` or `..` before its first `;` is refused.
+    c.get("..; (path parameter)", "/proxy/openai/..;/x", bad_path);
+    // Not dot segments: they may pass, but only below the prefix and literally.
+    c.get("... is an ordinary segment", "/proxy/openai/.../x", Contained);
+    c.get("fullwidth dots stay literal", "/proxy/openai/%EF%BC%8E%EF%BC%8E/x", Contained);
     c.get("../ in the provider segment", "/proxy/../api/keys", Refused(404, "unknown_provider"));
     c.get("%2e%2e as the provider", "/proxy/%2e%2e/openai/models", Refused(404, "unknown_provider"));
     c.get("encoded provider name", "/proxy/open%61i/models", Refused(404, "unknown_provider"));
@@ -203,6 +210,8 @@ async fn no_request_escapes_the_providers_base_url() {
     c.get("%2F", "/proxy/openai/models%2F..", bad_path);
     c.get("%2F then host", &format!("/proxy/openai/%2F{evil}/x"), bad_path);
     c.get("%5c", "/proxy/openai/models%5c..%5cx", bad_path);
+    c.get("%3F starts a query", "/proxy/openai/models%3Fapi_key=x", bad_path);
+    c.get("%23 starts a fragment", "/proxy/openai/models%23x", bad_path);
     c.get("raw backslash", "/proxy/openai/models\\..\\x", bad_path);
     c.get("raw backslash then host", &format!("/proxy/openai/\\\\{evil}/x"), bad_path);
 
@@ -355,19 +364,30 @@ async fn no_request_escapes_the_providers_base_url() {
 
     // Nothing ever reached the attacker; everything the provider saw stayed below its prefix.
     let stolen = attacker.received_requests().await.unwrap_or_default();
-    assert!(
-        stolen.is_empty(),
-        "the attacker received {} request(s): {:?}",
-        stolen.len(),
-        stolen.iter().map(|r| r.url.path()).collect::<Vec<_>>()
-    );
+    if !stolen.is_empty() {
+        failures.push(format!(
+            "the attacker received {} request(s): {:?}",
+            stolen.len(),
+            stolen.iter().map(|r| r.url.path()).collect::<Vec<_>>()
+        ));
+    }
     for request in provider.received_requests().await.unwrap_or_default() {
         let p = request.url.path().to_owned();
-        assert!(p.starts_with("/v1/"), "the provider received a request outside its prefix: {p}");
-        assert!(!p.contains("..") && !p.to_ascii_lowercase().contains("%2e") && !p.contains('@'), "an escape reached the provider: {p}");
-        assert!(!p.contains("/landing"), "a redirect was followed: {p}");
+        let segments: Vec<&str> = p.split('/').map(|s| s.split(';').next().unwrap_or("")).collect();
+        if !p.starts_with("/v1/")
+            || p.contains('@')
+            || p.to_ascii_lowercase().contains("%2e")
+            || segments.iter().any(|s| *s == "." || *s == "..")
+        {
+            failures.push(format!("the provider received a request that may leave its prefix: {p}"));
+        }
+        if p.contains("/landing") {
+            failures.push(format!("a redirect was followed: {p}"));
+        }
         let authorization: Vec<&[u8]> = request.headers.get_all("authorization").iter().map(|v| v.as_bytes()).collect();
-        assert_eq!(authorization, [format!("Bearer {key}").as_bytes()], "{p}: only the injected key authorizes the request");
+        if authorization != [format!("Bearer {key}").as_bytes()] {
+            failures.push(format!("{p}: the request is not authorized by the injected key alone"));
+        }
     }
-    assert!(failures.is_empty(), "{} of {} attempts misbehaved:\n{}", failures.len(), attempts.len(), failures.join("\n"));
+    assert!(failures.is_empty(), "{} problem(s) over {} attempts:\n{}", failures.len(), attempts.len(), failures.join("\n"));
 }

@@ -68,14 +68,17 @@ impl ClientCredentials {
     }
 }
 
-/// The client's own values for the provider's key query parameters, as named and in upper case.
-/// (Only the provider's own parameters: the proxy drops those; a parameter another provider
-/// reads its key from is an ordinary parameter here.)
-fn client_query(provider: &Provider) -> Vec<(String, String)> {
+/// The client's own values for every query parameter any catalog provider reads a key from
+/// (several providers accept a key in the query besides the way the catalog injects it), and the
+/// usual spellings, as named and in upper case.
+fn client_query(_provider: &Provider) -> Vec<(String, String)> {
+    let mut names: BTreeSet<String> =
+        catalog().providers.iter().flat_map(|p| p.auth.iter()).filter(|i| i.kind == InjectionKind::Query).map(|i| i.name.clone()).collect();
+    names.extend(["apikey", "api_key", "api_token", "access_token"].map(str::to_owned));
     let mut query = Vec::new();
-    for injection in provider.auth.iter().filter(|i| i.kind == InjectionKind::Query) {
-        query.push((injection.name.clone(), canary("client-")));
-        query.push((injection.name.to_ascii_uppercase(), canary("client-")));
+    for name in names {
+        query.push((name.clone(), canary("client-")));
+        query.push((name.to_ascii_uppercase(), canary("client-")));
     }
     query
 }

@@ -76,7 +76,9 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRefusal> {
     let segments: Vec<&str> = raw[1..].split('/').collect();
     let last = segments.len() - 1;
     for (index, segment) in segments.iter().enumerate() {
-        if *segment == "." || *segment == ".." {
+        // Servers that strip `;` parameters before resolving dots read `..;` as `..`.
+        let before_parameters = segment.split(';').next().unwrap_or(segment);
+        if before_parameters == "." || before_parameters == ".." {
             return Err(PathRefusal::DotSegment);
         }
         // A trailing slash is a real difference for some APIs; an empty segment elsewhere is not.
@@ -153,6 +155,8 @@ mod tests {
             "/../admin",
             "/v1/../../x",
             "/./v1",
+            "/..;/x",
+            "/v1/.;jsessionid=1/x",
             "/%2e%2e/x",
             "/%2E%2E/x",
             "/.%2e/x",

@@ -92,6 +92,25 @@ static KEY_HEADERS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
     names
 });
 
+/// Every query parameter any catalog provider reads a key from, and the usual spellings of one:
+/// dropped from every proxied query, whichever provider it goes to (several providers accept a
+/// key in the query besides the way the catalog injects it).
+static KEY_QUERY_PARAMETERS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let mut names: BTreeSet<String> = catalog()
+        .providers
+        .iter()
+        .flat_map(|p| p.auth.iter())
+        .filter(|i| i.kind == InjectionKind::Query)
+        .map(|i| i.name.to_ascii_lowercase())
+        .collect();
+    names.extend(["apikey", "api_key", "api_token", "access_token"].map(str::to_owned));
+    names.into_iter().collect()
+});
+
+pub fn key_query_parameters() -> Vec<&'static str> {
+    KEY_QUERY_PARAMETERS.iter().map(String::as_str).collect()
+}
+
 /// The client's headers that may go to `provider`.
 pub fn forwardable(provider: &Provider, inbound: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     let connection_listed: BTreeSet<String> = inbound

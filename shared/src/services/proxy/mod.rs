@@ -231,8 +231,7 @@ impl ProxyService {
             f
         };
         let path = proxy_path::normalize_path(call.path).map_err(refuse)?;
-        let key_params: Vec<&str> = provider.auth.iter().filter(|i| i.kind == InjectionKind::Query).map(|i| i.name.as_str()).collect();
-        let query = proxy_path::query_pairs(call.query, &key_params).map_err(refuse)?;
+        let query = proxy_path::query_pairs(call.query, &headers::key_query_parameters()).map_err(refuse)?;
         if call.body.len() > self.limits.max_request_bytes {
             return Err(ProxyFailure::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
