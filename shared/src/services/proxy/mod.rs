@@ -7,15 +7,19 @@
 //! the answer in the cache where a rule allows. What is learnt only from the answer (status
 //! class, latency, tokens) rides along with the next write (`pending_usage`).
 
+mod admission;
+mod caching;
+mod failure;
 mod headers;
 pub mod key_cache;
 mod pending_usage;
+mod streaming;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::domain::access::{Caller, RequestMeta, Role};
@@ -24,21 +28,23 @@ use crate::domain::catalog::{Catalog, InjectionKind, Provider, TestOutcome};
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyStatus, TestResult};
 use crate::domain::llm_usage::{self, SseUsageReader, TokenUsage};
-use crate::domain::metering::{Counters, LimitKind, Limits, MeterKey, UsageCounts, UsageRecord, Windows, thresholds_reached};
+use crate::domain::metering::{Limits, MeterKey, UsageCounts, UsageRecord};
 use crate::domain::notifications::{Notification, NotificationKind};
 use crate::domain::proxy_path::{self, PathRefusal};
-use crate::domain::redaction::{StreamRedactor, redact};
-use crate::domain::response_cache::{CacheRequest, CachedAnswer, MAX_CACHED_BODY_BYTES, MAX_REQUESTED_TTL_SECONDS, cache_key, catalog_ttl};
-use crate::domain::secret::Credentials;
+use crate::domain::redaction::StreamRedactor;
+use crate::domain::response_cache::{CacheRequest, MAX_CACHED_BODY_BYTES, cache_key};
 use crate::ports::{
-    Admission, Binding, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, StoreError, UpstreamClient, UpstreamError,
-    UpstreamRequest, Verdict,
+    Binding, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, StoreError, UpstreamClient, UpstreamError, UpstreamRequest,
 };
 
-use super::connection_test::interpret;
 use super::upstreams::Upstreams;
+use admission::quota_headers;
+use caching::{CacheMode, cache_mode, cache_status, cached_answer};
+pub use failure::{FailureDetails, ProxyFailure};
+use failure::{Judgement, describe_failure, judge};
 pub use key_cache::{KeyCache, ResolvedKey};
 use pending_usage::PendingUsage;
+use streaming::Streamer;
 
 pub const ENVIRONMENT_HEADER: &str = "x-stockpulse-environment";
 pub const CACHE_HEADER: &str = "x-stockpulse-cache";
@@ -48,7 +54,6 @@ pub const QUOTA_LIMIT_HEADER: &str = "x-stockpulse-quota-limit";
 /// How long a workspace's quota policy is trusted in memory (a change made through another
 /// process takes effect within this time; through this process, at once).
 const POLICY_TTL: Duration = Duration::from_secs(5);
-const MAX_PROVIDER_MESSAGE_CHARS: usize = 500;
 /// Earlier outcomes one admission write carries at most (the rest wait for the next write).
 const MAX_CARRIED_RECORDS: usize = 24;
 
@@ -89,57 +94,6 @@ pub struct ProxyAnswer {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: AnswerBody,
-}
-
-/// A refused or failed proxied request, for the error envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyFailure {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Boxed: failures travel through every `?` of the proxy path and most carry few details.
-    pub details: Box<FailureDetails>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FailureDetails {
-    pub field: Option<String>,
-    pub provider: Option<String>,
-    pub upstream_status: Option<u16>,
-    /// The provider's own message, with every key value redacted.
-    pub provider_message: Option<String>,
-    pub limit: Option<LimitKind>,
-    pub retry_after: Option<u64>,
-    /// Headers the answer still carries (`X-StockPulse-Quota-Remaining`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl ProxyFailure {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProxyFailure {
-        ProxyFailure { status, code, message: message.into(), details: Box::default() }
-    }
-
-    fn provider(mut self, provider: &str) -> ProxyFailure {
-        self.details.provider = Some(provider.to_owned());
-        self
-    }
-}
-
-impl From<StoreError> for ProxyFailure {
-    fn from(e: StoreError) -> ProxyFailure {
-        tracing::error!(error = %e, "store failed on the proxy path");
-        ProxyFailure::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the key store is unavailable; try again shortly")
-    }
-}
-
-/// How the cache takes part in one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CacheMode {
-    /// Not cacheable, or `Cache-Control: no-store`.
-    Off,
-    /// `Cache-Control: no-cache`: skip the read, store the fresh answer.
-    Refresh(u32),
-    Use(u32),
 }
 
 pub struct ProxyService {
@@ -356,126 +310,6 @@ impl ProxyService {
         Ok(key)
     }
 
-    /// The request's one write. A key that changed since it was cached is reloaded once.
-    async fn admit(&self, forward: &mut Forward<'_>, counted: bool) -> Result<Counters, ProxyFailure> {
-        let limits = self.limits_for(&forward.meter).await?;
-        for attempt in 0..2 {
-            let now = Utc::now();
-            // Outcomes of earlier requests ride along; on any failure they go back to wait.
-            let held = self.pending.take_some(MAX_CARRIED_RECORDS);
-            let mut usage = held.clone();
-            if !counted {
-                usage.push(self.usage_record(&forward.meter, now, UsageCounts { cache_hits: 1, ..UsageCounts::default() }));
-            }
-            let admission = Admission {
-                meter: forward.meter.clone(),
-                key_id: forward.key.record.id.clone(),
-                key_version: forward.key.record.key_version,
-                now,
-                limits,
-                counted,
-                usage,
-            };
-            let verdict = self.meter.admit(&admission).await;
-            if !matches!(verdict, Ok(Verdict::Admitted(_))) {
-                self.pending.restore(held);
-            }
-            match verdict {
-                Ok(Verdict::Admitted(counters)) => {
-                    self.notify_thresholds(forward, &limits, &counters, now).await;
-                    return Ok(counters);
-                }
-                Ok(Verdict::Limited { limit, counters }) => {
-                    self.pending.add(self.usage_record(&forward.meter, now, UsageCounts { rate_limited: 1, ..UsageCounts::default() }));
-                    self.notify_thresholds(forward, &limits, &counters, now).await;
-                    let retry_after = Windows::of(now).retry_after(limit, now);
-                    let mut failure = ProxyFailure::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "quota_exceeded",
-                        format!(
-                            "this workspace reached its {} limit of {} for {} ({}); try again in {retry_after} s",
-                            limit.as_str(),
-                            limits.get(limit).unwrap_or_default(),
-                            forward.provider.name,
-                            forward.environment.as_str()
-                        ),
-                    )
-                    .provider(&forward.provider.id);
-                    failure.details.limit = Some(limit);
-                    failure.details.retry_after = Some(retry_after);
-                    failure.details.headers = quota_headers(&counters, &limits);
-                    return Err(failure);
-                }
-                Ok(Verdict::KeyChanged) if attempt == 0 => {
-                    self.key_cache.evict_key(&forward.meter.workspace, &forward.key.record.id);
-                    forward.key = self.resolve(&forward.meter.workspace, forward.provider, forward.environment, true).await?;
-                }
-                Ok(Verdict::KeyChanged) => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ProxyFailure::new(StatusCode::CONFLICT, "key_changed", "the key changed during the request; try again")
-            .provider(&forward.provider.id))
-    }
-
-    fn usage_record(&self, meter: &MeterKey, now: DateTime<Utc>, counts: UsageCounts) -> UsageRecord {
-        UsageRecord { meter: meter.clone(), day: now.date_naive(), counts, provider_limits: BTreeMap::new(), observed_at: now }
-    }
-
-    /// 80 % and 100 % of a quota: one notification (with its audit entry) per threshold and window.
-    async fn notify_thresholds(&self, forward: &Forward<'_>, limits: &Limits, counters: &Counters, now: DateTime<Utc>) {
-        let windows = Windows::of(now);
-        for kind in LimitKind::ALL {
-            for crossing in thresholds_reached(kind, limits.get(kind), counters.get(kind)) {
-                let window = match kind {
-                    LimitKind::RequestsPerDay => windows.day_id(),
-                    _ => windows.month_id(),
-                };
-                let meter = &forward.meter;
-                let dedupe_key =
-                    format!("quota:{}:{}:{}:{window}:{}", meter.provider, meter.environment.as_str(), kind.as_str(), crossing.percent);
-                if !self.notified.lock().unwrap_or_else(|p| p.into_inner()).insert(dedupe_key.clone()) {
-                    continue;
-                }
-                let (notification_kind, what) = if crossing.percent >= 100 {
-                    (NotificationKind::QuotaReached, "reached".to_owned())
-                } else {
-                    (NotificationKind::QuotaWarning, format!("is {}% used", crossing.percent))
-                };
-                let message = format!(
-                    "{} ({}): the {} quota of {} {what} ({window}).",
-                    forward.provider.name,
-                    meter.environment.as_str(),
-                    kind.as_str(),
-                    crossing.limit
-                );
-                let notification = Notification {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    workspace: meter.workspace.clone(),
-                    kind: notification_kind,
-                    provider: meter.provider.clone(),
-                    environment: meter.environment,
-                    key_id: Some(forward.key.record.id.clone()),
-                    message,
-                    created_at: now,
-                    read_at: None,
-                    dedupe_key: dedupe_key.clone(),
-                };
-                let audit = AuditDraft::new(forward.call.caller, forward.call.meta, action::QUOTA_THRESHOLD, Outcome::Success)
-                    .target(&meter.provider, meter.environment, Some(&forward.key.record.id))
-                    .detail(format!("{} {}% of {} ({window})", kind.as_str(), crossing.percent, crossing.limit));
-                if let Err(e) = self.notifications.notify(&notification, Some(audit)).await {
-                    tracing::warn!(error = %e, "quota notification failed; will retry on a later request");
-                    self.notified.lock().unwrap_or_else(|p| p.into_inner()).remove(&dedupe_key);
-                }
-            }
-        }
-        let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
-        if notified.len() > 10_000 {
-            notified.clear();
-        }
-    }
-
     fn upstream_request(&self, forward: &Forward<'_>) -> Result<UpstreamRequest, ProxyFailure> {
         let provider = forward.provider;
         let base = self.upstreams.base_url(provider, forward.environment);
@@ -677,32 +511,6 @@ impl ProxyService {
         self.pending.add(UsageRecord { meter: forward.meter.clone(), day: now.date_naive(), counts, provider_limits, observed_at: now });
     }
 
-    async fn store_in_cache(
-        &self,
-        forward: &Forward<'_>,
-        cache_id: &str,
-        ttl: u32,
-        status: u16,
-        headers: &[(HeaderName, HeaderValue)],
-        body: &[u8],
-    ) {
-        let now = Utc::now();
-        let answer = CachedAnswer {
-            status,
-            headers: headers
-                .iter()
-                .filter(|(n, _)| !n.as_str().starts_with("x-stockpulse-") && *n != http::header::CACHE_CONTROL)
-                .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
-                .collect(),
-            body: body.to_vec(),
-            stored_at: now,
-            expires_at: now + chrono::Duration::seconds(i64::from(ttl)),
-        };
-        if let Err(e) = self.cache.put(&forward.meter.workspace, &forward.provider.id, cache_id, &answer).await {
-            tracing::warn!(error = %e, "response cache write failed");
-        }
-    }
-
     /// The provider refused the key: the key is marked invalid (with its audit entry) and the
     /// workspace notified, once per key version and day.
     async fn mark_invalid(&self, forward: &Forward<'_>, upstream_status: u16, message: Option<&str>, latency: Duration) {
@@ -750,178 +558,5 @@ impl ProxyService {
         if let Err(e) = self.notifications.notify(&notification, None).await {
             tracing::warn!(error = %e, "key-invalid notification failed");
         }
-    }
-}
-
-fn cache_status(value: &'static str) -> (HeaderName, HeaderValue) {
-    (HeaderName::from_static(CACHE_HEADER), HeaderValue::from_static(value))
-}
-
-fn quota_headers(counters: &Counters, limits: &Limits) -> Vec<(HeaderName, HeaderValue)> {
-    match counters.remaining(limits) {
-        Some((left, kind)) => vec![
-            (HeaderName::from_static(QUOTA_REMAINING_HEADER), HeaderValue::from(left)),
-            (HeaderName::from_static(QUOTA_LIMIT_HEADER), HeaderValue::from_static(kind.as_str())),
-        ],
-        None => vec![(HeaderName::from_static(QUOTA_REMAINING_HEADER), HeaderValue::from_static("unlimited"))],
-    }
-}
-
-fn cached_answer(hit: CachedAnswer, ours: Vec<(HeaderName, HeaderValue)>) -> ProxyAnswer {
-    let mut headers: Vec<(HeaderName, HeaderValue)> = hit
-        .headers
-        .iter()
-        .filter_map(|(n, v)| Some((HeaderName::from_bytes(n.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
-        .collect();
-    headers.extend(ours);
-    let age = (Utc::now() - hit.stored_at).num_seconds().max(0) as u64;
-    headers.push((http::header::AGE, HeaderValue::from(age)));
-    headers.push((http::header::CACHE_CONTROL, HeaderValue::from_static("private, no-store")));
-    ProxyAnswer { status: hit.status, headers, body: AnswerBody::Full(hit.body) }
-}
-
-fn cache_mode(provider: &Provider, call: &ProxyCall<'_>, path: &str) -> Result<CacheMode, ProxyFailure> {
-    let requested = match call.headers.get(CACHE_TTL_HEADER) {
-        None => None,
-        Some(value) => {
-            let ttl = value.to_str().ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|t| *t <= MAX_REQUESTED_TTL_SECONDS);
-            let Some(ttl) = ttl else {
-                let mut f = ProxyFailure::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cache_ttl",
-                    format!("X-StockPulse-Cache-TTL must be a number of seconds from 0 to {MAX_REQUESTED_TTL_SECONDS}"),
-                );
-                f.details.field = Some("X-StockPulse-Cache-TTL".into());
-                return Err(f);
-            };
-            Some(ttl)
-        }
-    };
-    let ttl = match requested {
-        Some(0) => return Ok(CacheMode::Off),
-        Some(ttl) => Some(ttl),
-        None => catalog_ttl(provider, call.method.as_str(), path),
-    };
-    let Some(ttl) = ttl else { return Ok(CacheMode::Off) };
-    let directives: Vec<String> = call
-        .headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.trim().to_ascii_lowercase())
-        .collect();
-    Ok(if directives.iter().any(|d| d == "no-store") {
-        CacheMode::Off
-    } else if directives.iter().any(|d| d == "no-cache") {
-        CacheMode::Refresh(ttl)
-    } else {
-        CacheMode::Use(ttl)
-    })
-}
-
-enum Judgement {
-    Pass,
-    Fail { status: StatusCode, code: &'static str, class: UsageCounts, key_refused: bool, message: Option<String> },
-}
-
-/// Reads a provider's answer: 2xx passes unless the catalog says the body is an error ("HTTP
-/// 200 with an error body"); anything else becomes an envelope with the provider's message.
-fn judge(provider: &Provider, status: u16, headers: &HeaderMap, body: &[u8], credentials: &Credentials) -> Judgement {
-    let response = crate::ports::UpstreamResponse { status, headers: headers.clone(), body: body.to_vec() };
-    let (outcome, message) = interpret(provider, &response);
-    let message = message.map(|m| redact(&m, credentials).chars().take(MAX_PROVIDER_MESSAGE_CHARS).collect::<String>());
-    let fail = |status: StatusCode, code: &'static str, class: UsageCounts, key_refused: bool| Judgement::Fail {
-        status,
-        code,
-        class,
-        key_refused,
-        message: message.clone(),
-    };
-    let server = UsageCounts { server_errors: 1, ..UsageCounts::default() };
-    let client = UsageCounts { client_errors: 1, ..UsageCounts::default() };
-    let auth = UsageCounts { auth_errors: 1, ..UsageCounts::default() };
-    match (status, outcome) {
-        // For a 2xx answer, only a catalog rule gives another outcome than `valid`.
-        (200..=299, TestOutcome::Valid) => Judgement::Pass,
-        (_, TestOutcome::Invalid) => fail(StatusCode::BAD_GATEWAY, "upstream_key_invalid", auth, true),
-        (_, TestOutcome::Forbidden) => fail(StatusCode::BAD_GATEWAY, "upstream_forbidden", auth, false),
-        (_, TestOutcome::RateLimited) => fail(StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited", client, false),
-        (300..=399, _) => fail(StatusCode::BAD_GATEWAY, "upstream_redirect", server, false),
-        (400..=499, _) => {
-            let passed = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            fail(passed, "upstream_rejected", client, false)
-        }
-        (200..=299, _) => fail(StatusCode::BAD_GATEWAY, "upstream_error_body", server, false),
-        _ => fail(StatusCode::BAD_GATEWAY, "upstream_error", server, false),
-    }
-}
-
-fn describe_failure(provider: &Provider, code: &str, status: u16) -> String {
-    let name = &provider.name;
-    match code {
-        "upstream_key_invalid" => {
-            format!("{name} refused the workspace's key (HTTP {status}); the key is marked invalid — replace or re-test it")
-        }
-        "upstream_forbidden" => format!("{name} knows the key but it lacks permission or plan for this request (HTTP {status})"),
-        "upstream_rate_limited" => format!("{name} is rate limiting this key (HTTP {status}); try again later"),
-        "upstream_redirect" => format!("{name} answered with a redirect (HTTP {status}); redirects are never followed"),
-        "upstream_rejected" => format!("{name} rejected the request (HTTP {status})"),
-        "upstream_error_body" => format!("{name} answered HTTP {status} with an error in the body"),
-        _ => format!("{name} answered with an error (HTTP {status})"),
-    }
-}
-
-/// Passes a server-sent event stream on chunk by chunk, redacting and counting tokens, and
-/// records the outcome when the stream ends.
-struct Streamer {
-    pending: Arc<PendingUsage>,
-    meter: MeterKey,
-    provider: &'static Provider,
-    redactor: StreamRedactor,
-    usage: SseUsageReader,
-    started: Instant,
-    provider_limits: BTreeMap<String, String>,
-}
-
-impl Streamer {
-    async fn run(mut self, mut source: Box<dyn crate::ports::ChunkSource>, sender: tokio::sync::mpsc::Sender<Vec<u8>>) {
-        let mut counts = UsageCounts::default();
-        loop {
-            match source.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    self.usage.feed(&chunk);
-                    let out = self.redactor.push_lines(&chunk);
-                    if !out.is_empty() && sender.send(out).await.is_err() {
-                        // The client went away; the provider is still billing what it produced.
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(provider = %self.provider.id, error = %e, "stream from the provider broke off");
-                    counts.network_errors = 1;
-                    break;
-                }
-            }
-        }
-        let tail = self.redactor.finish();
-        if !tail.is_empty() {
-            let _ = sender.send(tail).await;
-        }
-        self.usage.finish();
-        let tokens = &self.usage.usage;
-        counts.input_tokens = tokens.input_tokens;
-        counts.output_tokens = tokens.output_tokens;
-        counts.cost_micro_usd = tokens.cost_micro_usd(self.provider);
-        counts.record_latency(self.started.elapsed().as_millis() as u64);
-        let now = Utc::now();
-        self.pending.add(UsageRecord {
-            meter: self.meter,
-            day: now.date_naive(),
-            counts,
-            provider_limits: self.provider_limits,
-            observed_at: now,
-        });
     }
 }
