@@ -119,6 +119,7 @@ impl App {
                 upstreams: config.upstreams.clone(),
                 cache: stores.cache.clone(),
                 key_cache,
+                notifications: stores.notifications.clone(),
             },
             audit: AuditService::new(stores.audit.clone()),
             metering: MeteringService {

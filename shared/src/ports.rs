@@ -118,6 +118,10 @@ pub trait KeyStore: Send + Sync {
         audit: AuditDraft,
     ) -> Result<AuditEntry, StoreError>;
     async fn delete(&self, workspace: &str, id: &str, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
+    /// Replaces the record (now `revoked`) if its stored `version` is still `expected_version`,
+    /// removes the material of every version and frees its provider + environment slot, in one
+    /// transaction with the audit entry. The record stays for the audit trail.
+    async fn revoke(&self, record: &KeyRecord, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
     async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError>;
     /// Everything the store holds for a workspace (records, slots, materials), for the
     /// consistency check. Reads the whole workspace: an operator's and a test's tool.

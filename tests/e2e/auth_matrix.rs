@@ -112,6 +112,7 @@ async fn call(server: &TestServer, route: &Route, fixture: &Fixture, token: Opti
             c.post_json(route.path, token, &json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})).await
         }
         Operation::KeysTest | Operation::NotificationsRead => c.post_json(&at(route.path), token, &json!({})).await,
+        Operation::KeysRevoke => c.post_json(&at(route.path), token, &json!({"reason": "revoked by the matrix"})).await,
         Operation::QuotasPut => {
             let body = json!({"environment": "production", "limits": {"requests_per_minute": 1000}});
             c.send(c.request(reqwest::Method::PUT, &at(route.path), token).json(&body)).await

@@ -108,6 +108,7 @@ fn body_for(route: &Route, variant: usize) -> Option<Value> {
         Operation::KeysUpdate => Some(json!({"label": "edited through a lambda event"})),
         Operation::KeysTestCandidate => Some(json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})),
         Operation::QuotasPut => Some(json!({"environment": "development", "limits": {"requests_per_minute": 100 + variant}})),
+        Operation::KeysRevoke => Some(json!({"reason": "revoked through a lambda event"})),
         _ => None,
     }
 }
@@ -140,7 +141,7 @@ async fn every_function_answers_its_events_like_the_local_gateway() {
                 .await;
         let lambda_id = key_for_lambda.json["id"].as_str().unwrap().to_owned();
         let lambda = invoke(&lambda_app, function, &event(route, &lambda_id, body_for(route, 0).as_ref(), Some(&claims))).await;
-        let gateway_id = if matches!(route.operation, Operation::KeysDelete | Operation::KeysUpdate) {
+        let gateway_id = if matches!(route.operation, Operation::KeysDelete | Operation::KeysUpdate | Operation::KeysRevoke) {
             server.client.delete(&format!("/api/keys/{lambda_id}"), Some(&token), None).await;
             let again = create(
                 &server,
@@ -194,6 +195,10 @@ async fn every_function_answers_its_events_like_the_local_gateway() {
                 assert_eq!(lambda.json["status"], gateway.json["status"]);
             }
             Operation::KeysDelete => assert_eq!(lambda.status, 204),
+            Operation::KeysRevoke => {
+                assert_eq!((lambda.status, lambda.json["status"].clone()), (200, json!("revoked")), "{}", lambda.json);
+                assert_eq!(lambda.json["revocation"]["reason"], "revoked through a lambda event");
+            }
             Operation::Proxy => {
                 assert_eq!(lambda.status, 200, "{}", lambda.json);
                 assert_eq!(lambda.json, gateway.json);

@@ -20,6 +20,7 @@ mod openapi;
 mod proxy;
 mod proxy_escapes;
 mod proxy_injection;
+mod revocation;
 mod template_routes;
 mod vault_integrity;
 

@@ -47,12 +47,23 @@ pub mod action {
     pub const KEY_TEST_CANDIDATE: &str = "key.test_candidate";
     /// A proxied call the provider refused with 401/403 marked the key invalid.
     pub const KEY_INVALIDATED: &str = "key.invalidated";
+    pub const KEY_REVOKE: &str = "key.revoke";
     pub const QUOTA_UPDATE: &str = "quota.update";
     /// 80 % or 100 % of a quota was reached.
     pub const QUOTA_THRESHOLD: &str = "quota.threshold";
     pub const CACHE_PURGE: &str = "cache.purge";
-    pub const ALL: [&str; 9] =
-        [KEY_CREATE, KEY_UPDATE, KEY_DELETE, KEY_TEST, KEY_TEST_CANDIDATE, KEY_INVALIDATED, QUOTA_UPDATE, QUOTA_THRESHOLD, CACHE_PURGE];
+    pub const ALL: [&str; 10] = [
+        KEY_CREATE,
+        KEY_UPDATE,
+        KEY_DELETE,
+        KEY_TEST,
+        KEY_TEST_CANDIDATE,
+        KEY_INVALIDATED,
+        KEY_REVOKE,
+        QUOTA_UPDATE,
+        QUOTA_THRESHOLD,
+        CACHE_PURGE,
+    ];
 }
 
 /// An entry before the store gives it a place in the chain.

@@ -1,10 +1,11 @@
 //! The consistency check: what a workspace's stored state must look like whatever failed, and
 //! when. Pure: adapters hand over a snapshot, the services add the audit trail.
 //!
-//! Invariants: every key record has exactly its slot and the material of its current version;
-//! no material or slot belongs to a missing record (no orphan secret); every record's creation
-//! and every one of its edits has an audit entry (`version` = 1 + its `key.update` entries); no
-//! record survives its `key.delete` entry; the audit chain verifies.
+//! Invariants: every key record has exactly its slot and the material of its current version (a
+//! revoked one has neither); no material or slot belongs to a missing record (no orphan secret);
+//! every record's creation and every one of its edits has an audit entry (`version` = 1 + its
+//! `key.update` and `key.revoke` entries); no record survives its `key.delete` entry; the audit
+//! chain verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::audit::{AuditEntry, ChainReport, action};
 use super::environment::Environment;
-use super::keys::KeyRecord;
+use super::keys::{KeyRecord, KeyStatus};
 
 /// Everything a store holds for one workspace, as raw as the store keeps it.
 #[derive(Debug, Clone, Default)]
@@ -43,12 +44,24 @@ pub fn check(workspace: &str, snapshot: &WorkspaceSnapshot, audit: &[AuditEntry]
     let materials: BTreeSet<(&str, u32)> = snapshot.materials.iter().map(|(id, v)| (id.as_str(), *v)).collect();
 
     for record in &snapshot.records {
-        if !materials.contains(&(record.id.as_str(), record.key_version)) {
-            problems.push(format!("key {} has no material for its version {}", record.id, record.key_version));
-        }
         let slots: Vec<_> = snapshot.slots.iter().filter(|(_, _, id)| id == &record.id).collect();
-        if slots.len() != 1 || slots[0].0 != record.provider || slots[0].1 != record.environment {
-            problems.push(format!("key {} does not hold exactly its {}/{} slot", record.id, record.provider, record.environment.as_str()));
+        if record.status == KeyStatus::Revoked {
+            // A revoked key keeps its record for the audit trail, and nothing else.
+            if !slots.is_empty() {
+                problems.push(format!("revoked key {} still holds a slot", record.id));
+            }
+        } else {
+            if !materials.contains(&(record.id.as_str(), record.key_version)) {
+                problems.push(format!("key {} has no material for its version {}", record.id, record.key_version));
+            }
+            if slots.len() != 1 || slots[0].0 != record.provider || slots[0].1 != record.environment {
+                problems.push(format!(
+                    "key {} does not hold exactly its {}/{} slot",
+                    record.id,
+                    record.provider,
+                    record.environment.as_str()
+                ));
+            }
         }
         let created = audit.iter().any(|e| e.action == action::KEY_CREATE && e.key_id.as_deref() == Some(&record.id));
         if !created {
@@ -57,7 +70,9 @@ pub fn check(workspace: &str, snapshot: &WorkspaceSnapshot, audit: &[AuditEntry]
         let updates = audit
             .iter()
             .filter(|e| {
-                e.action == action::KEY_UPDATE && e.outcome == super::audit::Outcome::Success && e.key_id.as_deref() == Some(&record.id)
+                (e.action == action::KEY_UPDATE || e.action == action::KEY_REVOKE)
+                    && e.outcome == super::audit::Outcome::Success
+                    && e.key_id.as_deref() == Some(&record.id)
             })
             .count() as u64;
         if record.version != 1 + updates {
@@ -67,6 +82,7 @@ pub fn check(workspace: &str, snapshot: &WorkspaceSnapshot, audit: &[AuditEntry]
     for (id, version) in &snapshot.materials {
         match records.get(id.as_str()) {
             None => problems.push(format!("material of key {id} (version {version}) has no key record")),
+            Some(r) if r.status == KeyStatus::Revoked => problems.push(format!("revoked key {id} keeps material of version {version}")),
             Some(r) if r.key_version != *version => {
                 problems.push(format!("key {id} keeps material of version {version} beside its current {}", r.key_version))
             }
@@ -130,6 +146,7 @@ mod tests {
             last_used_at: None,
             last_verified_at: None,
             last_test: None,
+            revocation: None,
         }
     }
 

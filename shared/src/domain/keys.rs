@@ -85,6 +85,17 @@ pub struct KeyRecord {
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_verified_at: Option<DateTime<Utc>>,
     pub last_test: Option<TestResult>,
+    /// Who revoked the key, when and why (`status` is then `revoked`, the material destroyed and
+    /// the provider + environment slot free for a new key).
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Revocation {
+    pub by: Actor,
+    pub at: DateTime<Utc>,
+    pub reason: String,
 }
 
 impl KeyRecord {

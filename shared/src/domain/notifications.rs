@@ -16,6 +16,8 @@ pub enum NotificationKind {
     QuotaReached,
     /// The provider refused the key on a proxied call.
     KeyInvalid,
+    /// A member revoked a key.
+    KeyRevoked,
 }
 
 impl NotificationKind {
@@ -24,11 +26,12 @@ impl NotificationKind {
             NotificationKind::QuotaWarning => "quota_warning",
             NotificationKind::QuotaReached => "quota_reached",
             NotificationKind::KeyInvalid => "key_invalid",
+            NotificationKind::KeyRevoked => "key_revoked",
         }
     }
 
     pub fn parse(value: &str) -> Option<NotificationKind> {
-        [NotificationKind::QuotaWarning, NotificationKind::QuotaReached, NotificationKind::KeyInvalid]
+        [NotificationKind::QuotaWarning, NotificationKind::QuotaReached, NotificationKind::KeyInvalid, NotificationKind::KeyRevoked]
             .into_iter()
             .find(|k| k.as_str() == value)
     }

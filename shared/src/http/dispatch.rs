@@ -119,6 +119,7 @@ async fn run(
         Operation::KeysDelete => handlers::keys_delete(app, ctx).await,
         Operation::KeysTestCandidate => handlers::keys_test_candidate(app, ctx).await,
         Operation::KeysTest => handlers::keys_test(app, ctx).await,
+        Operation::KeysRevoke => handlers::keys_revoke(app, ctx).await,
         Operation::AuditList => handlers::audit_list(app, ctx).await,
         Operation::AuditVerify => handlers::audit_verify(app, ctx).await,
         Operation::OpenApi => handlers::openapi(app, ctx).await,

@@ -17,7 +17,7 @@ use crate::domain::audit::{AuditEntry, ChainReport, action};
 use crate::domain::catalog::{Category, Provider};
 use crate::domain::keys::{KeyRecord, TestResult, parse_if_match};
 use crate::ports::AuditFilter;
-use crate::services::keys::{CreateKey, TestCandidate, UpdateKey};
+use crate::services::keys::{CreateKey, RevokeKey, TestCandidate, UpdateKey};
 
 use super::envelope::{ApiError, ErrorEnvelope, empty_response, json_response};
 
@@ -272,6 +272,21 @@ pub async fn keys_delete(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError
     let if_match = ctx.if_match()?;
     app.keys.delete(ctx.caller(), &ctx.meta, ctx.param("id"), if_match).await?;
     Ok(empty_response(StatusCode::NO_CONTENT, &ctx.meta.request_id))
+}
+
+/// Revokes a key at once: the proxy refuses it from the next request, its material is destroyed,
+/// the record stays (status `revoked`, with who, when and why) and the slot is free for a new key.
+#[utoipa::path(post, path = "/api/keys/{id}/revoke", tag = "keys", operation_id = "keys_revoke", request_body = RevokeKey,
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "ETag from a previous answer")),
+    responses((status = 200, body = KeyRecord), (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 412, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn keys_revoke(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    ctx.query_params(&[])?;
+    let if_match = ctx.if_match()?;
+    let input: RevokeKey = ctx.json()?;
+    let record = app.keys.revoke(ctx.caller(), &ctx.meta, ctx.param("id"), if_match, input).await?;
+    Ok(with_etag(json_response(StatusCode::OK, &record, &ctx.meta.request_id), &record))
 }
 
 /// Tests credentials before saving them: the provider's test request with the key injected.

@@ -19,6 +19,7 @@ use super::handlers;
         handlers::keys_delete,
         handlers::keys_test_candidate,
         handlers::keys_test,
+        handlers::keys_revoke,
         handlers::audit_list,
         handlers::audit_verify,
         handlers::openapi,

@@ -14,11 +14,12 @@ use crate::domain::access::{Caller, RequestMeta, Role};
 use crate::domain::audit::{AuditDraft, Outcome, action};
 use crate::domain::catalog::{Catalog, Provider, TestOutcome};
 use crate::domain::environment::Environment;
-use crate::domain::keys::{Actor, IfMatch, KeyRecord, KeyStatus, TestResult};
+use crate::domain::keys::{Actor, IfMatch, KeyRecord, KeyStatus, Revocation, TestResult};
 use crate::domain::masking::mask;
+use crate::domain::notifications::{Notification, NotificationKind};
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::domain::validation::{FormatWarning, check_credentials, check_label};
-use crate::ports::{AuditLog, Binding, KeyStore, KeyVault, Page, ResponseCache, UpstreamClient};
+use crate::ports::{AuditLog, Binding, KeyStore, KeyVault, NotificationStore, Page, ResponseCache, UpstreamClient};
 
 use super::connection_test::run_test;
 use super::proxy::KeyCache;
@@ -84,7 +85,18 @@ pub struct KeyService {
     pub cache: Arc<dyn ResponseCache>,
     /// The proxy's decrypted keys of this process, evicted on the same occasions.
     pub key_cache: Arc<KeyCache>,
+    pub notifications: Arc<dyn NotificationStore>,
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKey {
+    /// Why the key is revoked (shown in the key record and the audit trail).
+    pub reason: String,
+}
+
+/// The longest revocation reason accepted.
+pub const MAX_REASON_CHARS: usize = 500;
 
 fn credentials_from(map: BTreeMap<String, KeyMaterial>) -> Credentials {
     map.into_iter().collect()
@@ -166,6 +178,7 @@ impl KeyService {
             last_used_at: None,
             last_verified_at: None,
             last_test: None,
+            revocation: None,
         };
         let binding = Binding { workspace: &record.workspace, key_id: &record.id, version: 1 };
         let sealed = self.vault.seal(binding, &credentials).await?;
@@ -312,6 +325,81 @@ impl KeyService {
         self.release(&current.workspace, id).await;
         tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key deleted");
         Ok(())
+    }
+
+    /// Revokes a key at once: the record stays (status `revoked`, with who, when and why), the
+    /// material of every version is destroyed and the slot freed in one transaction with the audit
+    /// entry; the proxy refuses the key from the very next request (its per-request write checks
+    /// the status), the provider's cached answers are purged, outside material (Secrets Manager)
+    /// is deleted with its recovery window, and the workspace is notified.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        id: &str,
+        if_match: Option<IfMatch>,
+        input: RevokeKey,
+    ) -> Result<KeyRecord, ServiceError> {
+        let current = self.get(caller, id).await?;
+        let provider = self.provider(&current.provider)?;
+        self.require_provider_access(caller, meta, provider, current.environment, Some(id), action::KEY_REVOKE).await?;
+        let reason = input.reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+            return Err(ServiceError::Unprocessable {
+                code: "invalid_reason",
+                message: format!("give a reason of 1 to {MAX_REASON_CHARS} characters, on one line"),
+                field: Some("reason".into()),
+            });
+        }
+        Self::check_if_match(&current, if_match)?;
+        if current.status == KeyStatus::Revoked {
+            return Err(ServiceError::Conflict { code: "key_revoked", message: "the key is already revoked".into() });
+        }
+        let now = Utc::now();
+        let actor = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
+        let mut record = current.clone();
+        record.status = KeyStatus::Revoked;
+        record.revocation = Some(Revocation { by: actor.clone(), at: now, reason: reason.to_owned() });
+        record.version = current.version + 1;
+        record.updated_at = now;
+        record.updated_by = actor;
+        let draft = AuditDraft::new(caller, meta, action::KEY_REVOKE, Outcome::Success)
+            .target(&provider.id, record.environment, Some(id))
+            .fingerprint(&record.fingerprint)
+            .detail(format!("reason: {}", reason.chars().take(200).collect::<String>()));
+        self.store.revoke(&record, current.version, draft).await.map_err(|e| match (e, if_match) {
+            (crate::ports::StoreError::VersionMismatch, None) => ServiceError::Conflict {
+                code: "concurrent_update",
+                message: "the key was changed by someone else at the same time; reload it and try again".into(),
+            },
+            (e, _) => e.into(),
+        })?;
+        self.forget_in_proxy(&current.workspace, id, &provider.id).await;
+        self.release(&current.workspace, id).await;
+        let notification = Notification {
+            id: uuid::Uuid::now_v7().to_string(),
+            workspace: current.workspace.clone(),
+            kind: NotificationKind::KeyRevoked,
+            provider: provider.id.clone(),
+            environment: record.environment,
+            key_id: Some(id.to_owned()),
+            message: format!(
+                "{} revoked the {} {} key \"{}\": {reason}",
+                caller.email,
+                provider.name,
+                record.environment.as_str(),
+                record.label
+            ),
+            created_at: now,
+            read_at: None,
+            dedupe_key: format!("key_revoked:{id}"),
+        };
+        // The revocation has committed and is audited; a lost notification is logged, not fatal.
+        if let Err(e) = self.notifications.notify(&notification, None).await {
+            tracing::warn!(key_id = %id, error = %e, "revocation notification failed");
+        }
+        tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key revoked");
+        Ok(record)
     }
 
     /// After a key is deleted or given new material: this process forgets its decrypted copy at

@@ -7,7 +7,7 @@ use stockpulse_shared::domain::access::{Caller, RequestMeta, Role};
 use stockpulse_shared::domain::audit::{AuditDraft, ChainVerifier, Outcome, action};
 use stockpulse_shared::domain::catalog::TestOutcome;
 use stockpulse_shared::domain::environment::Environment;
-use stockpulse_shared::domain::keys::{Actor, KeyRecord, KeyStatus, TestResult};
+use stockpulse_shared::domain::keys::{Actor, KeyRecord, KeyStatus, Revocation, TestResult};
 use stockpulse_shared::ports::{AuditFilter, SealedMaterial, StoreError};
 
 use super::{Stores, workspace};
@@ -24,6 +24,7 @@ macro_rules! key_store_conformance {
             new_material_replaces_every_other_version,
             moving_into_a_taken_slot_is_refused,
             delete_is_conditional_and_removes_material,
+            revoke_keeps_the_record_destroys_all_material_and_frees_the_slot,
             test_results_do_not_change_the_version,
             workspaces_are_isolated,
             list_pages_in_id_order,
@@ -83,6 +84,7 @@ pub fn record(ws: &str, provider: &str, environment: Environment) -> KeyRecord {
         last_used_at: None,
         last_verified_at: None,
         last_test: None,
+        revocation: None,
     }
 }
 
@@ -185,6 +187,45 @@ pub async fn delete_is_conditional_and_removes_material(stores: &Stores) {
     let err = stores.keys.delete(&ws, &r.id, 1, draft(&ws, action::KEY_DELETE, "finnhub", Some(&r.id))).await.unwrap_err();
     assert_eq!(err, StoreError::NotFound);
     insert(stores, &record(&ws, "finnhub", Environment::Production)).await;
+}
+
+pub async fn revoke_keeps_the_record_destroys_all_material_and_frees_the_slot(stores: &Stores) {
+    let ws = workspace("revoke");
+    let r = record(&ws, "polygon", Environment::Production);
+    insert(stores, &r).await;
+    let mut rotated = r.clone();
+    rotated.version = 2;
+    rotated.key_version = 2;
+    stores.keys.update(&rotated, 1, Some(&sealed(7)), draft(&ws, action::KEY_UPDATE, "polygon", Some(&r.id))).await.unwrap();
+    let mut revoked = rotated.clone();
+    revoked.version = 3;
+    revoked.status = KeyStatus::Revoked;
+    revoked.revocation = Some(Revocation {
+        by: Actor { sub: "sub-1".into(), email: "ana@example.com".into() },
+        at: Utc::now(),
+        reason: "leaked in a screenshot".into(),
+    });
+    let err = stores.keys.revoke(&revoked, 1, draft(&ws, action::KEY_REVOKE, "polygon", Some(&r.id))).await.unwrap_err();
+    assert_eq!(err, StoreError::VersionMismatch, "revocation is conditional on the version");
+    assert!(stores.keys.material(&ws, &r.id, 2).await.unwrap().is_some(), "a refused revocation changes nothing");
+    stores.keys.revoke(&revoked, 2, draft(&ws, action::KEY_REVOKE, "polygon", Some(&r.id))).await.unwrap();
+
+    let got = stores.keys.get(&ws, &r.id).await.unwrap().expect("the record stays for the audit trail");
+    assert_eq!((got.status, got.version), (KeyStatus::Revoked, 3));
+    assert_eq!(got.revocation.as_ref().map(|v| v.reason.as_str()), Some("leaked in a screenshot"));
+    for version in [1, 2] {
+        assert!(stores.keys.material(&ws, &r.id, version).await.unwrap().is_none(), "material of version {version} is destroyed");
+    }
+    assert_eq!(stores.keys.find_slot(&ws, "polygon", Environment::Production).await.unwrap(), None, "the slot is free");
+    let replacement = record(&ws, "polygon", Environment::Production);
+    insert(stores, &replacement).await;
+    assert_eq!(stores.keys.find_slot(&ws, "polygon", Environment::Production).await.unwrap().map(|k| k.id), Some(replacement.id.clone()));
+    let report = stockpulse_shared::services::consistency::check_workspace(stores.keys.as_ref(), stores.audit.as_ref(), &ws).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    // A revoked record can still be deleted (by an admin), slot or no slot.
+    stores.keys.delete(&ws, &r.id, 3, draft(&ws, action::KEY_DELETE, "polygon", Some(&r.id))).await.unwrap();
+    assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap(), None);
+    assert!(stores.keys.find_slot(&ws, "polygon", Environment::Production).await.unwrap().is_some(), "the replacement keeps its slot");
 }
 
 pub async fn test_results_do_not_change_the_version(stores: &Stores) {

@@ -612,12 +612,13 @@ impl KeyStore for DynamoStore {
         if current.version != expected_version {
             return Err(StoreError::VersionMismatch);
         }
-        let mut mutation = vec![
-            (
-                self.delete_item(ws_pk(workspace), key_sk(id), Some("version = :expected"), &[(":expected", n(expected_version))])?,
-                OnConflict::KeyVersion,
-            ),
-            (
+        let mut mutation = vec![(
+            self.delete_item(ws_pk(workspace), key_sk(id), Some("version = :expected"), &[(":expected", n(expected_version))])?,
+            OnConflict::KeyVersion,
+        )];
+        // A revoked key gave its slot up already.
+        if current.status != KeyStatus::Revoked {
+            mutation.push((
                 self.delete_item(
                     ws_pk(workspace),
                     slot_sk(&current.provider, current.environment),
@@ -625,12 +626,41 @@ impl KeyStore for DynamoStore {
                     &[(":id", s(id))],
                 )?,
                 OnConflict::Stale,
-            ),
-        ];
+            ));
+        }
         for material in self.material_items(workspace, id).await? {
             mutation.push((self.delete_item(ws_pk(workspace), get_s(&material, "sk")?.to_owned(), None, &[])?, OnConflict::Stale));
         }
         self.commit(mutation, audit, Some((workspace, id))).await
+    }
+
+    async fn revoke(&self, record: &KeyRecord, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let ws = &record.workspace;
+        let current_item = self.get_item(ws_pk(ws), key_sk(&record.id)).await?.ok_or(StoreError::NotFound)?;
+        let current = Self::record_from(ws, &current_item)?;
+        if current.version != expected_version {
+            return Err(StoreError::VersionMismatch);
+        }
+        let mut mutation = vec![
+            (
+                self.key_rewrite(record, "attribute_exists(pk) AND version = :expected", &[(":expected", n(expected_version))])?,
+                OnConflict::KeyVersion,
+            ),
+            // The slot goes, so the workspace can add a new key for the provider and environment.
+            (
+                self.delete_item(
+                    ws_pk(ws),
+                    slot_sk(&current.provider, current.environment),
+                    Some("key_id = :id"),
+                    &[(":id", s(record.id.clone()))],
+                )?,
+                OnConflict::Stale,
+            ),
+        ];
+        for material in self.material_items(ws, &record.id).await? {
+            mutation.push((self.delete_item(ws_pk(ws), get_s(&material, "sk")?.to_owned(), None, &[])?, OnConflict::Stale));
+        }
+        self.commit(mutation, audit, Some((ws, &record.id))).await
     }
 
     async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError> {

@@ -807,6 +807,7 @@ mod tests {
             last_used_at: None,
             last_verified_at: None,
             last_test: None,
+            revocation: None,
         }
     }
 

@@ -117,6 +117,11 @@ pub(super) fn ts(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
+/// The `environment` column of a revoked key: unique per key, never a real environment.
+fn revoked_slot(id: &str) -> String {
+    format!("revoked:{id}")
+}
+
 fn record_doc(record: &KeyRecord) -> Result<String, StoreError> {
     serde_json::to_string(record).map_err(corrupt)
 }
@@ -381,6 +386,35 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn revoke(&self, record: &KeyRecord, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let record = record.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let current: Option<u64> = tx
+                .query_row("SELECT version FROM keys WHERE workspace = ?1 AND id = ?2", params![record.workspace, record.id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            match current {
+                None => return Err(StoreError::NotFound),
+                Some(v) if v != expected_version => return Err(StoreError::VersionMismatch),
+                Some(_) => {}
+            }
+            // The UNIQUE (workspace, provider, environment) constraint is the slot: a revoked key
+            // gives it up by carrying a tombstone in the column (its record keeps the environment).
+            tx.execute(
+                "UPDATE keys SET doc = ?3, version = ?4, environment = ?5 WHERE workspace = ?1 AND id = ?2",
+                params![record.workspace, record.id, record_doc(&record)?, record.version, revoked_slot(&record.id)],
+            )
+            .map_err(unavailable)?;
+            tx.execute("DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2", params![record.workspace, record.id])
+                .map_err(unavailable)?;
+            let entry = append_in(&tx, audit)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(entry)
+        })
+        .await
+    }
+
     async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError> {
         let (workspace, id) = (workspace.to_owned(), id.to_owned());
         self.run(move |conn| {
@@ -406,8 +440,13 @@ impl KeyStore for SqliteStore {
             for (doc, used) in &rows {
                 records.push(record_read(&workspace, doc, used.as_deref())?);
             }
-            // The UNIQUE (workspace, provider, environment) constraint is the slot.
-            let slots = records.iter().map(|r: &KeyRecord| (r.provider.clone(), r.environment, r.id.clone())).collect();
+            // The UNIQUE (workspace, provider, environment) constraint is the slot; revoked keys
+            // have given theirs up.
+            let slots = records
+                .iter()
+                .filter(|r: &&KeyRecord| r.status != KeyStatus::Revoked)
+                .map(|r| (r.provider.clone(), r.environment, r.id.clone()))
+                .collect();
             let mut stmt = conn.prepare_cached("SELECT key_id, key_version FROM key_material WHERE workspace = ?1").map_err(unavailable)?;
             let materials = stmt
                 .query_map([&workspace], |r| Ok((r.get(0)?, r.get(1)?)))
