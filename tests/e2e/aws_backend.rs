@@ -153,15 +153,19 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
     served.push(Operation::AuditList);
     let audit = client.get("/api/audit?action=key.update", Some(&token)).await;
     assert_eq!(audit.json["items"].as_array().unwrap().len(), 1, "{}", audit.text);
+    served.push(Operation::KeysRevoke);
+    let revoked = client.post_json(&format!("/api/keys/{id}/revoke"), Some(&token), &json!({"reason": "end of the flow"})).await;
+    assert_eq!((revoked.status, revoked.json["status"].clone()), (200, json!("revoked")), "{}", revoked.text);
+    assert_eq!(client.get("/proxy/openai/models", Some(&token)).await.code(), "no_key", "a revoked key is never used again");
     served.push(Operation::KeysDelete);
-    assert_eq!(client.delete(&format!("/api/keys/{id}"), Some(&token), Some("\"2\"")).await.status, 204);
+    assert_eq!(client.delete(&format!("/api/keys/{id}"), Some(&token), Some("\"3\"")).await.status, 204);
     assert_eq!(client.get(&format!("/api/keys/{id}"), Some(&token)).await.status, 404);
     served.push(Operation::AuditVerify);
     let verify = client.get("/api/audit/verify", Some(&token)).await;
     assert_eq!(verify.json["ok"], true, "{}", verify.text);
     assert_eq!(
-        verify.json["checked"], 10,
-        "create, test, candidate test, update, test, quota update, two quota thresholds, cache purge, delete: {}",
+        verify.json["checked"], 11,
+        "create, test, candidate test, update, test, quota update, two quota thresholds, cache purge, revoke, delete: {}",
         verify.text
     );
     served.push(Operation::OpenApi);

@@ -116,7 +116,14 @@ pub async fn sdk_config_with_retries(url: &str, attempts: u32) -> SdkConfig {
                 .with_initial_backoff(Duration::from_millis(5))
                 .with_max_backoff(Duration::from_millis(50)),
         )
-        .timeout_config(aws_config::timeout::TimeoutConfig::builder().operation_attempt_timeout(Duration::from_secs(5)).build())
+        .timeout_config(
+            // moto handles one request at a time: under a full test run, hundreds of queued
+            // requests can wait seconds for their turn.
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(20))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
         .endpoint_url(url)
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "moto"))
