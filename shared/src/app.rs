@@ -24,6 +24,7 @@ pub struct App {
 
 /// The storage ports one backend provides (one object may implement several: their writes
 /// share transactions).
+#[derive(Clone)]
 pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub audit: Arc<dyn AuditLog>,

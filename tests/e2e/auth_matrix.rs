@@ -115,7 +115,7 @@ async fn call(server: &TestServer, route: &Route, fixture: &Fixture, token: Opti
         Operation::KeysRevoke => c.post_json(&at(route.path), token, &json!({"reason": "revoked by the matrix"})).await,
         Operation::QuotasPut => {
             let body = json!({"environment": "production", "limits": {"requests_per_minute": 1000}});
-            c.send(c.request(reqwest::Method::PUT, &at(route.path), token).json(&body)).await
+            c.put_json(&at(route.path), token, &body).await
         }
         // `ANY`: the matrix proxies a GET to the fake provider's `/models`.
         Operation::Proxy => c.get(&format!("/proxy/{PROVIDER}/models"), token).await,
@@ -161,7 +161,7 @@ async fn quota_notification(server: &TestServer, admin: &str) -> String {
     let c = &server.client;
     let key = create(server, admin, json!({"provider": "mistral", "credentials": {"api_key": canary("")}})).await;
     let quota = json!({"environment": "production", "limits": {"requests_per_day": 1}});
-    let put = c.send(c.request(reqwest::Method::PUT, "/api/quotas/mistral", Some(admin)).json(&quota)).await;
+    let put = c.put_json("/api/quotas/mistral", Some(admin), &quota).await;
     assert_eq!(put.status, 200, "{}", put.text);
     let proxied = c.get("/proxy/mistral/models", Some(admin)).await;
     assert_eq!(proxied.status, 200, "{}", proxied.text);

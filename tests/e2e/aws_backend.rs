@@ -115,13 +115,8 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
     assert_eq!((proxied.status, proxied.header("x-stockpulse-cache")), (200, Some("MISS")), "{}", proxied.text);
     assert_eq!(client.get("/proxy/openai/models", Some(&token)).await.header("x-stockpulse-cache"), Some("HIT"));
     served.push(Operation::QuotasPut);
-    let put = client
-        .send(
-            client
-                .request(reqwest::Method::PUT, "/api/quotas/openai", Some(&token))
-                .json(&json!({"environment": "production", "limits": {"requests_per_day": 2}})),
-        )
-        .await;
+    let put =
+        client.put_json("/api/quotas/openai", Some(&token), &json!({"environment": "production", "limits": {"requests_per_day": 2}})).await;
     assert_eq!(put.status, 200, "{}", put.text);
     let refreshed =
         client.send(client.request(reqwest::Method::GET, "/proxy/openai/models", Some(&token)).header("cache-control", "no-cache")).await;

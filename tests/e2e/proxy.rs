@@ -176,12 +176,7 @@ async fn exactly_the_limit_passes(server: &TestServer, upstream: &MockServer) {
     openai_key(server, &admin).await;
     let put = server
         .client
-        .send(
-            server
-                .client
-                .request(reqwest::Method::PUT, "/api/quotas/openai", Some(&admin))
-                .json(&json!({"environment": "production", "limits": {"requests_per_minute": 50}})),
-        )
+        .put_json("/api/quotas/openai", Some(&admin), &json!({"environment": "production", "limits": {"requests_per_minute": 50}}))
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
     let mut tasks = Vec::new();
@@ -248,21 +243,11 @@ async fn quotas_notify_at_80_and_100_percent_and_then_refuse() {
     let server = server_for("openai", &upstream.uri()).await;
     let admin = server.token("admin", &workspace()).await;
     openai_key(&server, &admin).await;
-    let viewer_put = server
-        .client
-        .send(
-            server.client.request(reqwest::Method::PUT, "/api/quotas/openai", Some(&server.token("member", "ws-x").await)).json(&json!({})),
-        )
-        .await;
+    let viewer_put = server.client.put_json("/api/quotas/openai", Some(&server.token("member", "ws-x").await), &json!({})).await;
     assert_eq!(viewer_put.status, 403);
     let put = server
         .client
-        .send(
-            server
-                .client
-                .request(reqwest::Method::PUT, "/api/quotas/openai", Some(&admin))
-                .json(&json!({"environment": "production", "limits": {"requests_per_day": 5}})),
-        )
+        .put_json("/api/quotas/openai", Some(&admin), &json!({"environment": "production", "limits": {"requests_per_day": 5}}))
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
     let production = &put.json["environments"][0];

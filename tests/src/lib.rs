@@ -301,6 +301,10 @@ impl Client {
         self.send(self.request(reqwest::Method::POST, path, token).json(body)).await
     }
 
+    pub async fn put_json(&self, path: &str, token: Option<&str>, body: &Value) -> Answer {
+        self.send(self.request(reqwest::Method::PUT, path, token).json(body)).await
+    }
+
     pub async fn patch_json(&self, path: &str, token: Option<&str>, if_match: Option<&str>, body: &Value) -> Answer {
         let mut builder = self.request(reqwest::Method::PATCH, path, token).json(body);
         if let Some(etag) = if_match {

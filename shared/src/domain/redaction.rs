@@ -12,35 +12,24 @@ pub const REDACTED: &str = "[REDACTED]";
 
 /// Replaces every spelling of every credential value in `text`.
 pub fn redact(text: &str, credentials: &Credentials) -> String {
-    let mut out = text.to_owned();
-    for value in credentials.secret_values() {
-        for spelling in spellings(value) {
-            if spelling.len() >= 4 && out.contains(spelling.as_str()) {
-                out = out.replace(spelling.as_str(), REDACTED);
-            }
-        }
-    }
-    out
+    Redactor::new(credentials).text(text)
 }
 
 /// Replaces every spelling of every credential value in bytes (bodies need not be UTF-8).
 pub fn redact_bytes(bytes: &[u8], credentials: &Credentials) -> Vec<u8> {
-    StreamRedactor::new(credentials).redact_all(bytes)
+    Redactor::new(credentials).bytes(bytes)
 }
 
-/// Redacts a body that arrives in chunks: a key split across two chunks is still found, because
-/// the last `longest spelling - 1` bytes of each chunk are held back until the next one.
-/// Longest unfinished line `push_lines` holds before it falls back to `push`.
-const MAX_HELD_LINE: usize = 64 * 1024;
-
-pub struct StreamRedactor {
+/// The spellings of one set of credentials, computed once (the proxy keeps one with each
+/// decrypted key) and shared by every redaction of that key's answers. Cheap to clone.
+#[derive(Clone)]
+pub struct Redactor {
     /// Every spelling, longest first. Zeroized on drop: these are key values.
-    spellings: Vec<zeroize::Zeroizing<Vec<u8>>>,
-    held: Vec<u8>,
+    spellings: std::sync::Arc<[zeroize::Zeroizing<Vec<u8>>]>,
 }
 
-impl StreamRedactor {
-    pub fn new(credentials: &Credentials) -> StreamRedactor {
+impl Redactor {
+    pub fn new(credentials: &Credentials) -> Redactor {
         let mut spellings: Vec<zeroize::Zeroizing<Vec<u8>>> = credentials
             .secret_values()
             .flat_map(spellings)
@@ -49,7 +38,45 @@ impl StreamRedactor {
             .collect();
         spellings.sort_by_key(|s| std::cmp::Reverse(s.len()));
         spellings.dedup();
-        StreamRedactor { spellings, held: Vec::new() }
+        Redactor { spellings: spellings.into() }
+    }
+
+    pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for spelling in self.spellings.iter() {
+            out = replace(&out, spelling, REDACTED.as_bytes());
+        }
+        out
+    }
+
+    pub fn text(&self, text: &str) -> String {
+        // Replacing whole ASCII-or-UTF-8 spellings with ASCII keeps valid UTF-8 valid.
+        String::from_utf8(self.bytes(text.as_bytes())).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// A redactor for a body that arrives in chunks.
+    pub fn stream(&self) -> StreamRedactor {
+        StreamRedactor { redactor: self.clone(), held: Vec::new() }
+    }
+
+    fn longest(&self) -> usize {
+        self.spellings.first().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+/// Longest unfinished line `push_lines` holds before it falls back to `push`.
+const MAX_HELD_LINE: usize = 64 * 1024;
+
+/// Redacts a body that arrives in chunks: a key split across two chunks is still found, because
+/// the last `longest spelling - 1` bytes of each chunk are held back until the next one.
+pub struct StreamRedactor {
+    redactor: Redactor,
+    held: Vec<u8>,
+}
+
+impl StreamRedactor {
+    pub fn new(credentials: &Credentials) -> StreamRedactor {
+        Redactor::new(credentials).stream()
     }
 
     /// For line-based streams (server-sent events): everything up to the last line break is
@@ -62,7 +89,7 @@ impl StreamRedactor {
             Some(end) => {
                 let rest = self.held.split_off(end + 1);
                 let complete = std::mem::replace(&mut self.held, rest);
-                self.replace_all(&complete)
+                self.redactor.bytes(&complete)
             }
             None if self.held.len() > MAX_HELD_LINE => self.push(&[]),
             None => Vec::new(),
@@ -73,8 +100,8 @@ impl StreamRedactor {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.held.extend_from_slice(chunk);
         let held = std::mem::take(&mut self.held);
-        let replaced = self.replace_all(&held);
-        let keep = self.spellings.first().map(|s| s.len() - 1).unwrap_or(0).min(replaced.len());
+        let replaced = self.redactor.bytes(&held);
+        let keep = self.redactor.longest().saturating_sub(1).min(replaced.len());
         let (ready, tail) = replaced.split_at(replaced.len() - keep);
         self.held = tail.to_vec();
         ready.to_vec()
@@ -83,21 +110,7 @@ impl StreamRedactor {
     /// Whatever was held back, at the end of the body.
     pub fn finish(&mut self) -> Vec<u8> {
         let rest = std::mem::take(&mut self.held);
-        self.replace_all(&rest)
-    }
-
-    pub fn redact_all(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = self.push(bytes);
-        out.extend(self.finish());
-        out
-    }
-
-    fn replace_all(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        for spelling in &self.spellings {
-            out = replace(&out, spelling, REDACTED.as_bytes());
-        }
-        out
+        self.redactor.bytes(&rest)
     }
 }
 

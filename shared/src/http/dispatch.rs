@@ -87,25 +87,12 @@ async fn run(
         let who = who.ok_or_else(|| ApiError::unauthenticated("sign in to use the proxy"))?;
         let provider = params.iter().find(|(n, _)| *n == "provider").map(|(_, v)| v.clone()).unwrap_or_default();
         let (parts, body) = req.into_parts();
-        let body = match body {
-            Body::Empty => Vec::new(),
-            Body::Text(text) => text.into_bytes(),
-            Body::Binary(bytes) => bytes,
-            #[allow(unreachable_patterns)]
-            _ => Vec::new(),
-        };
-        let request = http::Request::from_parts(parts, body);
+        let request = http::Request::from_parts(parts, body_bytes(body));
         return proxy_handlers::proxy(app, &who, &meta, &provider, request).await;
     }
     let query = req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let (parts, body) = req.into_parts();
-    let body = Zeroizing::new(match body {
-        Body::Empty => Vec::new(),
-        Body::Text(text) => text.into_bytes(),
-        Body::Binary(bytes) => bytes,
-        #[allow(unreachable_patterns)]
-        _ => Vec::new(),
-    });
+    let body = Zeroizing::new(body_bytes(body));
     if body.len() > MAX_BODY_BYTES {
         return Err(handlers::too_large());
     }
@@ -134,4 +121,14 @@ async fn run(
         Operation::Proxy => unreachable!("handled above"),
     };
     response.map(Reply::Full)
+}
+
+fn body_bytes(body: Body) -> Vec<u8> {
+    match body {
+        Body::Empty => Vec::new(),
+        Body::Text(text) => text.into_bytes(),
+        Body::Binary(bytes) => bytes,
+        #[allow(unreachable_patterns)]
+        _ => Vec::new(),
+    }
 }

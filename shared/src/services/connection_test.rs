@@ -11,7 +11,7 @@ use crate::domain::environment::Environment;
 use crate::domain::keys::TestResult;
 use crate::domain::redaction::redact;
 use crate::domain::secret::Credentials;
-use crate::ports::{UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::ports::{UpstreamClient, UpstreamError, UpstreamRequest};
 
 use super::upstreams::Upstreams;
 
@@ -61,22 +61,19 @@ pub fn build_test_request(
 }
 
 /// Reads a provider's answer: the first matching catalog rule decides, else the status code.
-pub fn interpret(provider: &Provider, response: &UpstreamResponse) -> (TestOutcome, Option<String>) {
-    let body_text = String::from_utf8_lossy(&response.body);
-    let json: Option<serde_json::Value> = serde_json::from_slice(&response.body).ok();
-    let outcome = provider
-        .test
-        .rules
-        .iter()
-        .find(|rule| rule_matches(rule, response.status, &body_text, json.as_ref()))
-        .map(|rule| rule.outcome)
-        .unwrap_or(match response.status {
-            200..=299 => TestOutcome::Valid,
-            401 | 403 => TestOutcome::Invalid,
-            429 => TestOutcome::RateLimited,
-            500..=599 => TestOutcome::UpstreamError,
-            _ => TestOutcome::Unexpected,
-        });
+pub fn interpret(provider: &Provider, status: u16, body: &[u8]) -> (TestOutcome, Option<String>) {
+    let body_text = String::from_utf8_lossy(body);
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let outcome =
+        provider.test.rules.iter().find(|rule| rule_matches(rule, status, &body_text, json.as_ref())).map(|rule| rule.outcome).unwrap_or(
+            match status {
+                200..=299 => TestOutcome::Valid,
+                401 | 403 => TestOutcome::Invalid,
+                429 => TestOutcome::RateLimited,
+                500..=599 => TestOutcome::UpstreamError,
+                _ => TestOutcome::Unexpected,
+            },
+        );
     let message = json.as_ref().and_then(|j| provider_message(provider, j)).or_else(|| {
         let trimmed = body_text.trim();
         (outcome != TestOutcome::Valid && !trimmed.is_empty() && !trimmed.starts_with('<')).then(|| trimmed.to_owned())
@@ -154,7 +151,7 @@ pub async fn run_test(
     let latency_ms = started.elapsed().as_millis() as u64;
     let (outcome, upstream_status, detail) = match answer {
         Ok(response) => {
-            let (outcome, message) = interpret(provider, &response);
+            let (outcome, message) = interpret(provider, response.status, &response.body);
             (outcome, Some(response.status), message)
         }
         Err(UpstreamError::Timeout) => (TestOutcome::Unreachable, None, Some("no answer before the timeout".to_owned())),
@@ -184,8 +181,12 @@ mod tests {
         Credentials::from_pairs(pairs)
     }
 
-    fn answer(status: u16, body: &str) -> UpstreamResponse {
-        UpstreamResponse { status, headers: http::HeaderMap::new(), body: body.as_bytes().to_vec() }
+    fn answer(status: u16, body: &str) -> (u16, &[u8]) {
+        (status, body.as_bytes())
+    }
+
+    fn read(provider: &Provider, (status, body): (u16, &[u8])) -> (TestOutcome, Option<String>) {
+        interpret(provider, status, body)
     }
 
     #[test]
@@ -228,25 +229,24 @@ mod tests {
     #[test]
     fn alpha_vantage_200_with_error_body_is_invalid() {
         let p = catalog().provider("alphavantage").unwrap();
-        let (outcome, message) = interpret(p, &answer(200, r#"{"Error Message":"the parameter apikey is invalid or missing."}"#));
+        let (outcome, message) = read(p, answer(200, r#"{"Error Message":"the parameter apikey is invalid or missing."}"#));
         assert_eq!(outcome, TestOutcome::Invalid);
         assert!(message.unwrap().contains("apikey is invalid"));
-        let (outcome, _) =
-            interpret(p, &answer(200, r#"{"Information":"Thank you... our standard API rate limit is 25 requests per day."}"#));
+        let (outcome, _) = read(p, answer(200, r#"{"Information":"Thank you... our standard API rate limit is 25 requests per day."}"#));
         assert_eq!(outcome, TestOutcome::RateLimited);
-        assert_eq!(interpret(p, &answer(200, r#"{"Global Quote":{"01. symbol":"IBM"}}"#)).0, TestOutcome::Valid);
+        assert_eq!(read(p, answer(200, r#"{"Global Quote":{"01. symbol":"IBM"}}"#)).0, TestOutcome::Valid);
     }
 
     #[test]
     fn status_codes_decide_without_a_rule() {
         let p = catalog().provider("openai").unwrap();
-        assert_eq!(interpret(p, &answer(200, r#"{"object":"list","data":[]}"#)).0, TestOutcome::Valid);
-        assert_eq!(interpret(p, &answer(401, r#"{"error":{"message":"Incorrect API key"}}"#)).0, TestOutcome::Invalid);
-        assert_eq!(interpret(p, &answer(429, "{}")).0, TestOutcome::RateLimited);
-        assert_eq!(interpret(p, &answer(503, "")).0, TestOutcome::UpstreamError);
+        assert_eq!(read(p, answer(200, r#"{"object":"list","data":[]}"#)).0, TestOutcome::Valid);
+        assert_eq!(read(p, answer(401, r#"{"error":{"message":"Incorrect API key"}}"#)).0, TestOutcome::Invalid);
+        assert_eq!(read(p, answer(429, "{}")).0, TestOutcome::RateLimited);
+        assert_eq!(read(p, answer(503, "")).0, TestOutcome::UpstreamError);
         let gemini = catalog().provider("gemini").unwrap();
         assert_eq!(
-            interpret(gemini, &answer(400, r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#)).0,
+            read(gemini, answer(400, r#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#)).0,
             TestOutcome::Invalid
         );
     }

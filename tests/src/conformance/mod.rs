@@ -12,7 +12,7 @@ pub mod response_cache;
 
 use std::sync::Arc;
 
-use stockpulse_shared::ports::{AuditLog, KeyStore, MeterStore, NotificationStore, ResponseCache};
+use stockpulse_shared::ports::{AuditLog, KeyStore};
 
 /// The storage ports one backend provides together (their writes share transactions).
 #[derive(Clone)]
@@ -21,16 +21,9 @@ pub struct Stores {
     pub audit: Arc<dyn AuditLog>,
 }
 
-/// The ports the proxy writes through, from one backend: admissions check key records and
-/// policies and notifications append audit entries in the same transaction.
-#[derive(Clone)]
-pub struct ProxyStores {
-    pub keys: Arc<dyn KeyStore>,
-    pub audit: Arc<dyn AuditLog>,
-    pub meter: Arc<dyn MeterStore>,
-    pub cache: Arc<dyn ResponseCache>,
-    pub notifications: Arc<dyn NotificationStore>,
-}
+/// The storage ports the proxy adds, with the key store and audit log they share transactions
+/// with: the app's own bundle.
+pub use stockpulse_shared::app::Stores as ProxyStores;
 
 /// A workspace name no other check uses.
 pub fn workspace(tag: &str) -> String {

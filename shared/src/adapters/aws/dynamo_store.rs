@@ -509,6 +509,13 @@ impl DynamoStore {
         Err(StoreError::Unavailable("DynamoDB: the audit chain stayed contended; try again".into()))
     }
 
+    /// Deletes the slot `record` holds, on condition that it still names this key.
+    fn release_slot(&self, record: &KeyRecord) -> Result<(TransactWriteItem, OnConflict), StoreError> {
+        let slot = slot_sk(&record.provider, record.environment);
+        let delete = self.delete_item(ws_pk(&record.workspace), slot, Some("key_id = :id"), &[(":id", s(record.id.clone()))])?;
+        Ok((delete, OnConflict::Stale))
+    }
+
     async fn material_items(&self, workspace: &str, id: &str) -> Result<Vec<Item>, StoreError> {
         self.query_range(ws_pk(workspace), format!("MAT#{id}#"), format!("MAT#{id}#~"), true, None, None).await
     }
@@ -577,15 +584,7 @@ impl KeyStore for DynamoStore {
             OnConflict::KeyVersion,
         )];
         if current.environment != record.environment || current.provider != record.provider {
-            mutation.push((
-                self.delete_item(
-                    ws_pk(ws),
-                    slot_sk(&current.provider, current.environment),
-                    Some("key_id = :id"),
-                    &[(":id", s(record.id.clone()))],
-                )?,
-                OnConflict::Stale,
-            ));
+            mutation.push(self.release_slot(&current)?);
             let mut slot = key(ws_pk(ws), slot_sk(&record.provider, record.environment));
             slot.insert("key_id".into(), s(record.id.clone()));
             mutation.push((self.put(slot, Some("attribute_not_exists(pk)"), &[])?, OnConflict::SlotTaken));
@@ -618,15 +617,7 @@ impl KeyStore for DynamoStore {
         )];
         // A revoked key gave its slot up already.
         if current.status != KeyStatus::Revoked {
-            mutation.push((
-                self.delete_item(
-                    ws_pk(workspace),
-                    slot_sk(&current.provider, current.environment),
-                    Some("key_id = :id"),
-                    &[(":id", s(id))],
-                )?,
-                OnConflict::Stale,
-            ));
+            mutation.push(self.release_slot(&current)?);
         }
         for material in self.material_items(workspace, id).await? {
             mutation.push((self.delete_item(ws_pk(workspace), get_s(&material, "sk")?.to_owned(), None, &[])?, OnConflict::Stale));
@@ -647,15 +638,7 @@ impl KeyStore for DynamoStore {
                 OnConflict::KeyVersion,
             ),
             // The slot goes, so the workspace can add a new key for the provider and environment.
-            (
-                self.delete_item(
-                    ws_pk(ws),
-                    slot_sk(&current.provider, current.environment),
-                    Some("key_id = :id"),
-                    &[(":id", s(record.id.clone()))],
-                )?,
-                OnConflict::Stale,
-            ),
+            self.release_slot(&current)?,
         ];
         for material in self.material_items(ws, &record.id).await? {
             mutation.push((self.delete_item(ws_pk(ws), get_s(&material, "sk")?.to_owned(), None, &[])?, OnConflict::Stale));

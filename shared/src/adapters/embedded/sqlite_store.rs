@@ -117,6 +117,19 @@ pub(super) fn ts(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
+/// Fails unless the key exists at `expected` (the optimistic lock of delete and revoke).
+fn expect_version(tx: &Transaction<'_>, workspace: &str, id: &str, expected: u64) -> Result<(), StoreError> {
+    let current: Option<u64> = tx
+        .query_row("SELECT version FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
+    match current {
+        None => Err(StoreError::NotFound),
+        Some(v) if v != expected => Err(StoreError::VersionMismatch),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The `environment` column of a revoked key: unique per key, never a real environment.
 fn revoked_slot(id: &str) -> String {
     format!("revoked:{id}")
@@ -368,15 +381,7 @@ impl KeyStore for SqliteStore {
         let (workspace, id) = (workspace.to_owned(), id.to_owned());
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
-            let current: Option<u64> = tx
-                .query_row("SELECT version FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id], |r| r.get(0))
-                .optional()
-                .map_err(unavailable)?;
-            match current {
-                None => return Err(StoreError::NotFound),
-                Some(v) if v != expected_version => return Err(StoreError::VersionMismatch),
-                Some(_) => {}
-            }
+            expect_version(&tx, &workspace, &id, expected_version)?;
             tx.execute("DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2", params![workspace, id]).map_err(unavailable)?;
             tx.execute("DELETE FROM keys WHERE workspace = ?1 AND id = ?2", params![workspace, id]).map_err(unavailable)?;
             let entry = append_in(&tx, audit)?;
@@ -390,15 +395,7 @@ impl KeyStore for SqliteStore {
         let record = record.clone();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
-            let current: Option<u64> = tx
-                .query_row("SELECT version FROM keys WHERE workspace = ?1 AND id = ?2", params![record.workspace, record.id], |r| r.get(0))
-                .optional()
-                .map_err(unavailable)?;
-            match current {
-                None => return Err(StoreError::NotFound),
-                Some(v) if v != expected_version => return Err(StoreError::VersionMismatch),
-                Some(_) => {}
-            }
+            expect_version(&tx, &record.workspace, &record.id, expected_version)?;
             // The UNIQUE (workspace, provider, environment) constraint is the slot: a revoked key
             // gives it up by carrying a tombstone in the column (its record keeps the environment).
             tx.execute(

@@ -24,8 +24,9 @@ pub(super) fn quota_headers(counters: &Counters, limits: &Limits) -> Vec<(Header
 }
 
 impl ProxyService {
-    /// The request's one write. A key that changed since it was cached is reloaded once.
-    pub(super) async fn admit(&self, forward: &mut Forward<'_>, counted: bool) -> Result<Counters, ProxyFailure> {
+    /// The request's one write. A key that changed since it was cached is reloaded once. Returns
+    /// the meter's counters after the write and the limits it was checked against.
+    pub(super) async fn admit(&self, forward: &mut Forward<'_>, counted: bool) -> Result<(Counters, Limits), ProxyFailure> {
         let limits = self.limits_for(&forward.meter).await?;
         for attempt in 0..2 {
             let now = Utc::now();
@@ -51,7 +52,7 @@ impl ProxyService {
             match verdict {
                 Ok(Verdict::Admitted(counters)) => {
                     self.notify_thresholds(forward, &limits, &counters, now).await;
-                    return Ok(counters);
+                    return Ok((counters, limits));
                 }
                 Ok(Verdict::Limited { limit, counters }) => {
                     self.pending.add(self.usage_record(&forward.meter, now, UsageCounts { rate_limited: 1, ..UsageCounts::default() }));

@@ -1,12 +1,11 @@
 //! How a proxied request fails: the failure the HTTP layer turns into the envelope, and how a
 //! provider's answer is judged (the catalog's rules, then the status).
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::domain::catalog::{Provider, TestOutcome};
 use crate::domain::metering::{LimitKind, UsageCounts};
-use crate::domain::redaction::redact;
-use crate::domain::secret::Credentials;
+use crate::domain::redaction::Redactor;
 use crate::ports::StoreError;
 use crate::services::connection_test::interpret;
 
@@ -60,10 +59,9 @@ pub(super) enum Judgement {
 
 /// Reads a provider's answer: 2xx passes unless the catalog says the body is an error ("HTTP
 /// 200 with an error body"); anything else becomes an envelope with the provider's message.
-pub(super) fn judge(provider: &Provider, status: u16, headers: &HeaderMap, body: &[u8], credentials: &Credentials) -> Judgement {
-    let response = crate::ports::UpstreamResponse { status, headers: headers.clone(), body: body.to_vec() };
-    let (outcome, message) = interpret(provider, &response);
-    let message = message.map(|m| redact(&m, credentials).chars().take(MAX_PROVIDER_MESSAGE_CHARS).collect::<String>());
+pub(super) fn judge(provider: &Provider, status: u16, body: &[u8], redactor: &Redactor) -> Judgement {
+    let (outcome, message) = interpret(provider, status, body);
+    let message = message.map(|m| redactor.text(&m).chars().take(MAX_PROVIDER_MESSAGE_CHARS).collect::<String>());
     let fail = |status: StatusCode, code: &'static str, class: UsageCounts, key_refused: bool| Judgement::Fail {
         status,
         code,

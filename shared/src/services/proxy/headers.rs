@@ -11,23 +11,18 @@ use std::sync::LazyLock;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::domain::catalog::{InjectionKind, Provider, catalog};
-use crate::domain::redaction::redact_bytes;
-use crate::domain::secret::Credentials;
+use crate::domain::redaction::Redactor;
 
-/// Never forwarded upstream, whatever the provider.
+/// Framing and connection headers: each hop sets its own, in both directions.
+const HOP_BY_HOP: &[&str] =
+    &["content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// Never forwarded upstream, whatever the provider (besides `HOP_BY_HOP`).
 const INBOUND_DROPPED: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
     "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
     "expect",
     // The HTTP client asks for the encodings it can decode, so bodies can be redacted.
     "accept-encoding",
@@ -44,18 +39,10 @@ const INBOUND_DROPPED: &[&str] = &[
 
 const INBOUND_DROPPED_PREFIXES: &[&str] = &["x-stockpulse-", "x-amz", "x-amzn-", "cloudfront-", "cf-", "sec-"];
 
-/// Never passed back to the client.
+/// Never passed back to the client (besides `HOP_BY_HOP`).
 const OUTBOUND_DROPPED: &[&str] = &[
     "set-cookie",
     "set-cookie2",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
     "alt-svc",
     "strict-transport-security",
     "public-key-pins",
@@ -125,7 +112,8 @@ pub fn forwardable(provider: &Provider, inbound: &HeaderMap) -> Vec<(HeaderName,
         .iter()
         .filter(|(name, _)| {
             let name = name.as_str();
-            !INBOUND_DROPPED.contains(&name)
+            !HOP_BY_HOP.contains(&name)
+                && !INBOUND_DROPPED.contains(&name)
                 && !INBOUND_DROPPED_PREFIXES.iter().any(|p| name.starts_with(p))
                 && !KEY_HEADERS.contains(name)
                 && !ours.contains(name)
@@ -136,15 +124,17 @@ pub fn forwardable(provider: &Provider, inbound: &HeaderMap) -> Vec<(HeaderName,
 }
 
 /// The provider's headers that may go to the client, each value redacted.
-pub fn returnable(outbound: &HeaderMap, credentials: &Credentials) -> Vec<(HeaderName, HeaderValue)> {
+pub fn returnable(outbound: &HeaderMap, redactor: &Redactor) -> Vec<(HeaderName, HeaderValue)> {
     outbound
         .iter()
         .filter(|(name, _)| {
             let name = name.as_str();
-            !OUTBOUND_DROPPED.contains(&name) && !OUTBOUND_DROPPED_PREFIXES.iter().any(|p| name.starts_with(p))
+            !HOP_BY_HOP.contains(&name)
+                && !OUTBOUND_DROPPED.contains(&name)
+                && !OUTBOUND_DROPPED_PREFIXES.iter().any(|p| name.starts_with(p))
         })
         .filter_map(|(name, value)| {
-            let redacted = redact_bytes(value.as_bytes(), credentials);
+            let redacted = redactor.bytes(value.as_bytes());
             HeaderValue::from_bytes(&redacted).ok().map(|v| (name.clone(), v))
         })
         .collect()
@@ -167,7 +157,7 @@ pub fn provider_limits(outbound: &HeaderMap) -> std::collections::BTreeMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::secret::KeyMaterial;
+    use crate::domain::secret::{Credentials, KeyMaterial};
 
     #[test]
     fn client_credentials_and_framing_never_go_upstream() {
@@ -202,7 +192,7 @@ mod tests {
         outbound.insert("x-echo", HeaderValue::from_static("key=sk-canary-header-0001"));
         outbound.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("99"));
         outbound.insert("content-type", HeaderValue::from_static("application/json"));
-        let back = returnable(&outbound, &c);
+        let back = returnable(&outbound, &Redactor::new(&c));
         assert!(back.iter().all(|(n, _)| n != "set-cookie"));
         let echo = back.iter().find(|(n, _)| n == "x-echo").unwrap();
         assert_eq!(echo.1, "key=[REDACTED]");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::environment::Environment;
 use crate::domain::keys::KeyRecord;
+use crate::domain::redaction::Redactor;
 use crate::domain::secret::Credentials;
 
 /// The longest a decrypted key stays in memory.
@@ -16,6 +17,8 @@ pub const MAX_KEY_CACHE_TTL: Duration = Duration::from_secs(60);
 pub struct ResolvedKey {
     pub record: KeyRecord,
     pub credentials: Credentials,
+    /// The spellings of the credentials, computed once per load rather than per answer.
+    pub redactor: Redactor,
 }
 
 type Slot = (String, String, Environment);

@@ -31,7 +31,7 @@ use crate::domain::llm_usage::{self, SseUsageReader, TokenUsage};
 use crate::domain::metering::{Limits, MeterKey, UsageCounts, UsageRecord};
 use crate::domain::notifications::{Notification, NotificationKind};
 use crate::domain::proxy_path::{self, PathRefusal};
-use crate::domain::redaction::StreamRedactor;
+use crate::domain::redaction::Redactor;
 use crate::domain::response_cache::{CacheRequest, MAX_CACHED_BODY_BYTES, cache_key};
 use crate::ports::{
     Binding, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, StoreError, UpstreamClient, UpstreamError, UpstreamRequest,
@@ -206,25 +206,29 @@ impl ProxyService {
         let key = self.resolve(&call.caller.workspace, provider, environment, false).await?;
         let mut forward = Forward { provider, environment, key, meter, path, query, call: &call };
 
-        let cache_id = cache_key(&CacheRequest {
-            workspace: &call.caller.workspace,
-            environment,
-            provider: &provider.id,
-            method: call.method.as_str(),
-            path: &forward.path,
-            query: &forward.query,
-            body: &call.body,
+        // Hashing a body of up to 6 MiB is only worth it when the answer may be cached.
+        let cache_id = (cache_mode != CacheMode::Off).then(|| {
+            cache_key(&CacheRequest {
+                workspace: &call.caller.workspace,
+                environment,
+                provider: &provider.id,
+                method: call.method.as_str(),
+                path: &forward.path,
+                query: &forward.query,
+                body: &call.body,
+            })
         });
-        let hit = match cache_mode {
-            CacheMode::Use(_) => self.cache.get(&call.caller.workspace, &provider.id, &cache_id, Utc::now()).await.unwrap_or_else(|e| {
-                // A cache that cannot be read is a miss, not a failed request.
-                tracing::warn!(error = %e, "response cache read failed");
-                None
-            }),
+        let hit = match (cache_mode, &cache_id) {
+            (CacheMode::Use(_), Some(id)) => {
+                self.cache.get(&call.caller.workspace, &provider.id, id, Utc::now()).await.unwrap_or_else(|e| {
+                    // A cache that cannot be read is a miss, not a failed request.
+                    tracing::warn!(error = %e, "response cache read failed");
+                    None
+                })
+            }
             _ => None,
         };
-        let counters = self.admit(&mut forward, hit.is_none()).await?;
-        let limits = self.limits_for(&forward.meter).await?;
+        let (counters, limits) = self.admit(&mut forward, hit.is_none()).await?;
         let mut quota_headers = quota_headers(&counters, &limits);
         if let Some(hit) = hit {
             quota_headers.push(cache_status("HIT"));
@@ -234,7 +238,7 @@ impl ProxyService {
             CacheMode::Use(_) => "MISS",
             _ => "BYPASS",
         }));
-        self.forward(&forward, cache_mode, &cache_id, quota_headers).await
+        self.forward(&forward, cache_mode, cache_id.as_deref(), quota_headers).await
     }
 
     /// Writes out the usage this process still holds (at shutdown, or on a timer).
@@ -305,7 +309,8 @@ impl ProxyService {
             tracing::error!(key_id = %record.id, error = %e, "opening key material failed");
             ProxyFailure::new(StatusCode::SERVICE_UNAVAILABLE, "vault_unavailable", "the key vault is unavailable; try again shortly")
         })?;
-        let key = Arc::new(ResolvedKey { record, credentials });
+        let redactor = Redactor::new(&credentials);
+        let key = Arc::new(ResolvedKey { record, credentials, redactor });
         self.key_cache.insert(key.clone());
         Ok(key)
     }
@@ -367,7 +372,7 @@ impl ProxyService {
         &self,
         forward: &Forward<'_>,
         cache_mode: CacheMode,
-        cache_id: &str,
+        cache_id: Option<&str>,
         mut our_headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Result<ProxyAnswer, ProxyFailure> {
         let provider = forward.provider;
@@ -389,7 +394,6 @@ impl ProxyService {
                 return Err(failure);
             }
         };
-        let credentials = &forward.key.credentials;
         let provider_limits = headers::provider_limits(&answer.headers);
         if answer.headers.contains_key(http::header::CONTENT_ENCODING) {
             // An encoding the client could not decode for us: its body cannot be redacted.
@@ -402,7 +406,7 @@ impl ProxyService {
             failure.details.upstream_status = Some(answer.status);
             return Err(failure);
         }
-        let mut passed_headers = headers::returnable(&answer.headers, credentials);
+        let mut passed_headers = headers::returnable(&answer.headers, &forward.key.redactor);
         let is_stream = (200..300).contains(&answer.status)
             && answer
                 .headers
@@ -417,7 +421,7 @@ impl ProxyService {
                 pending: self.pending.clone(),
                 meter: forward.meter.clone(),
                 provider,
-                redactor: StreamRedactor::new(credentials),
+                redactor: forward.key.redactor.stream(),
                 usage: SseUsageReader::default(),
                 started,
                 provider_limits,
@@ -457,17 +461,17 @@ impl ProxyService {
                 }
             }
         }
-        let body = crate::domain::redaction::redact_bytes(&raw, credentials);
+        let body = forward.key.redactor.bytes(&raw);
         drop(raw);
         let tokens =
             if provider.category == crate::domain::catalog::Category::Llm { llm_usage::from_body(&body) } else { TokenUsage::default() };
-        let verdict = judge(provider, answer.status, &answer.headers, &body, credentials);
+        let verdict = judge(provider, answer.status, &body, &forward.key.redactor);
         match verdict {
             Judgement::Pass => {
                 self.record_outcome(forward, started, UsageCounts::default(), provider_limits, Some(&tokens));
                 passed_headers.append(&mut our_headers);
                 passed_headers.push((http::header::CACHE_CONTROL, HeaderValue::from_static("private, no-store")));
-                if let CacheMode::Use(ttl) | CacheMode::Refresh(ttl) = cache_mode
+                if let (CacheMode::Use(ttl) | CacheMode::Refresh(ttl), Some(cache_id)) = (cache_mode, cache_id)
                     && (200..300).contains(&answer.status)
                     && body.len() <= MAX_CACHED_BODY_BYTES
                 {
