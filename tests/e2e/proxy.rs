@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use stockpulse_tests::{AwsBackend, ServerOptions, TestServer, canary};
@@ -477,4 +478,39 @@ async fn streamed_anthropic_answers_arrive_in_chunks_and_their_tokens_count() {
     .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
     .collect();
     streamed_tokens("anthropic", "/v1/messages", events, json!({"api_key": canary("sk-ant-api03-")}), (21, 9)).await;
+}
+
+#[tokio::test]
+async fn body_limits_and_timeouts_are_the_configured_ones() {
+    let upstream = MockServer::start().await;
+    Mock::given(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(2_000)).set_body_json(json!({})))
+        .mount(&upstream)
+        .await;
+    Mock::given(path("/big")).respond_with(ResponseTemplate::new(200).set_body_string("x".repeat(4096))).mount(&upstream).await;
+    Mock::given(path("/echo")).respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true}))).mount(&upstream).await;
+    let server = TestServer::start_with(
+        ServerOptions::default()
+            .upstream("openai", &upstream.uri())
+            .var("STOCKPULSE_PROXY_MAX_REQUEST_BYTES", "1024")
+            .var("STOCKPULSE_PROXY_MAX_RESPONSE_BYTES", "2048")
+            .var("STOCKPULSE_UPSTREAM_TIMEOUT_MS", "300"),
+    )
+    .await;
+    let token = server.token("member", &workspace()).await;
+    openai_key(&server, &token).await;
+
+    let small = server.client.post_json("/proxy/openai/echo", Some(&token), &json!({"text": "x".repeat(900)})).await;
+    assert_eq!(small.status, 200, "{}", small.text);
+    let large = server.client.post_json("/proxy/openai/echo", Some(&token), &json!({"text": "x".repeat(2000)})).await;
+    assert_eq!((large.status, large.code()), (413, "body_too_large"), "{}", large.text);
+    let big_answer = server.client.get("/proxy/openai/big", Some(&token)).await;
+    assert_eq!((big_answer.status, big_answer.code()), (502, "upstream_answer_too_large"), "{}", big_answer.text);
+    let slow = server.client.get("/proxy/openai/slow", Some(&token)).await;
+    assert_eq!((slow.status, slow.code()), (504, "upstream_timeout"), "{}", slow.text);
+    assert_eq!(
+        upstream.received_requests().await.unwrap().iter().filter(|r| r.url.path() == "/echo").count(),
+        1,
+        "a refused body is never sent"
+    );
 }

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use crate::domain::catalog::Provider;
 use crate::domain::environment::Environment;
 
+/// `STOCKPULSE_UPSTREAM_*` variables that configure the client (see `config`), not a provider.
+const NOT_OVERRIDES: [&str; 2] = ["TIMEOUT_MS", "CONNECT_TIMEOUT_MS"];
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Upstreams {
     overrides: BTreeMap<(String, Option<Environment>), url::Url>,
@@ -29,6 +32,10 @@ impl Upstreams {
         let mut overrides = BTreeMap::new();
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix("STOCKPULSE_UPSTREAM_") else { continue };
+            // Settings of the upstream client share the prefix; they are not overrides.
+            if NOT_OVERRIDES.contains(&rest) {
+                continue;
+            }
             let lower = rest.to_ascii_lowercase();
             let fail = |problem: String| OverrideError { variable: name.to_owned(), problem };
             let (provider, environment) = match lower.rsplit_once('_') {
@@ -77,6 +84,12 @@ mod tests {
         assert_eq!(u.base_url(c.provider("openai").unwrap(), Environment::Production), "http://127.0.0.1:9999");
         assert_eq!(u.base_url(c.provider("alpaca").unwrap(), Environment::Development), "http://127.0.0.1:9998");
         assert_eq!(u.base_url(c.provider("alpaca").unwrap(), Environment::Production), "https://api.alpaca.markets");
+    }
+
+    #[test]
+    fn the_client_settings_are_not_taken_for_overrides() {
+        let u = Upstreams::from_vars([("STOCKPULSE_UPSTREAM_TIMEOUT_MS", "300"), ("STOCKPULSE_UPSTREAM_CONNECT_TIMEOUT_MS", "100")], known);
+        assert_eq!(u, Ok(Upstreams::default()));
     }
 
     #[test]
