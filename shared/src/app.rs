@@ -2,16 +2,18 @@
 
 use std::sync::Arc;
 
+use crate::adapters::aws::event_bus::PublishingNotifications;
 use crate::adapters::aws::{DynamoStore, KmsVault, SecretsManagerVault};
 use crate::adapters::embedded::{LocalVault, SqliteStore};
 use crate::adapters::upstream::ReqwestUpstream;
 use crate::config::{Backend, Config, VaultKind};
 use crate::domain::catalog::{Catalog, catalog};
-use crate::ports::{AuditLog, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, VaultError};
+use crate::ports::{AuditLog, Clock, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, SystemClock, VaultError};
 use crate::services::audit::AuditService;
 use crate::services::keys::KeyService;
 use crate::services::metering::MeteringService;
 use crate::services::proxy::{KeyCache, ProxyService};
+use crate::services::scheduler::{Scheduler, SchedulerSettings};
 
 /// Everything a handler needs. Built once per process (Lambda init or gateway start).
 pub struct App {
@@ -20,6 +22,8 @@ pub struct App {
     pub audit: AuditService,
     pub proxy: Arc<ProxyService>,
     pub metering: MeteringService,
+    pub leases: Arc<dyn crate::ports::JobLeases>,
+    pub scheduler_settings: SchedulerSettings,
 }
 
 /// The storage ports one backend provides (one object may implement several: their writes
@@ -31,11 +35,21 @@ pub struct Stores {
     pub meter: Arc<dyn MeterStore>,
     pub cache: Arc<dyn ResponseCache>,
     pub notifications: Arc<dyn NotificationStore>,
+    pub leases: Arc<dyn crate::ports::JobLeases>,
 }
 
 impl Stores {
-    fn of<T: KeyStore + AuditLog + MeterStore + ResponseCache + NotificationStore + 'static>(store: Arc<T>) -> Stores {
-        Stores { keys: store.clone(), audit: store.clone(), meter: store.clone(), cache: store.clone(), notifications: store }
+    pub fn of<T: KeyStore + AuditLog + MeterStore + ResponseCache + NotificationStore + crate::ports::JobLeases + 'static>(
+        store: Arc<T>,
+    ) -> Stores {
+        Stores {
+            keys: store.clone(),
+            audit: store.clone(),
+            meter: store.clone(),
+            cache: store.clone(),
+            notifications: store.clone(),
+            leases: store,
+        }
     }
 }
 
@@ -47,13 +61,13 @@ impl App {
     /// The backend the configuration names; AWS clients come from the environment's SDK config.
     pub async fn from_config(config: &Config) -> Result<App, StartupError> {
         match config.backend {
-            Backend::Embedded => App::embedded(config),
-            Backend::Aws => App::aws(config, &crate::adapters::aws::sdk_config().await).await,
+            Backend::Embedded => App::embedded(config, Arc::new(SystemClock)),
+            Backend::Aws => App::aws(config, &crate::adapters::aws::sdk_config().await, Arc::new(SystemClock)).await,
         }
     }
 
     /// DynamoDB for records and audit; the KMS vault (or the local one, for trying it out).
-    pub async fn aws(config: &Config, sdk: &aws_config::SdkConfig) -> Result<App, StartupError> {
+    pub async fn aws(config: &Config, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> Result<App, StartupError> {
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone());
         if config.create_table {
             store.create_table_if_missing().await.map_err(|e| StartupError(e.to_string()))?;
@@ -90,10 +104,16 @@ impl App {
             }
         };
         tracing::info!(table = %config.table, vault = ?config.vault, "AWS backend ready");
-        App::assemble(config, Stores::of(Arc::new(store)), vault)
+        let mut stores = Stores::of(Arc::new(store));
+        if let Some(bus) = &config.event_bus {
+            let events = aws_sdk_eventbridge::Client::new(sdk);
+            stores.notifications = Arc::new(PublishingNotifications::new(stores.notifications, events, bus.clone()));
+        }
+        App::from_parts(config, stores, vault, clock)
     }
 
-    fn assemble(config: &Config, stores: Stores, vault: Arc<dyn KeyVault>) -> Result<App, StartupError> {
+    /// The app over given stores and vault (tests wrap a port to inject faults).
+    pub fn from_parts(config: &Config, stores: Stores, vault: Arc<dyn KeyVault>, clock: Arc<dyn Clock>) -> Result<App, StartupError> {
         let upstream: Arc<dyn crate::ports::UpstreamClient> =
             Arc::new(ReqwestUpstream::new(config.upstream_limits).map_err(|e| StartupError(e.to_string()))?);
         let key_cache = Arc::new(KeyCache::new(config.key_cache_ttl));
@@ -121,6 +141,7 @@ impl App {
                 cache: stores.cache.clone(),
                 key_cache,
                 notifications: stores.notifications.clone(),
+                clock: clock.clone(),
             },
             audit: AuditService::new(stores.audit.clone()),
             metering: MeteringService {
@@ -132,7 +153,14 @@ impl App {
                 audit: stores.audit,
             },
             proxy,
+            leases: stores.leases,
+            scheduler_settings: config.scheduler,
         })
+    }
+
+    /// The scheduled job over this app's stores (see `services::scheduler`).
+    pub fn scheduler(&self) -> Scheduler<'_> {
+        Scheduler { keys: &self.keys, leases: self.leases.clone(), settings: self.scheduler_settings }
     }
 
     /// The consistency check of one workspace (see `domain::consistency`).
@@ -144,11 +172,11 @@ impl App {
     }
 
     /// The embedded backend: SQLite in the data directory and the local master key vault.
-    pub fn embedded(config: &Config) -> Result<App, StartupError> {
+    pub fn embedded(config: &Config, clock: Arc<dyn Clock>) -> Result<App, StartupError> {
         let store = Arc::new(SqliteStore::open(&config.data_dir.join("stockpulse.db")).map_err(|e| StartupError(e.to_string()))?);
         let vault = LocalVault::load(config.master_key.as_deref().map(String::as_str), &config.data_dir)
             .map_err(|e| StartupError(e.to_string()))?;
         tracing::info!(master_key_id = %vault.key_id(), data_dir = %config.data_dir.display(), "embedded backend ready");
-        App::assemble(config, Stores::of(store), Arc::new(vault))
+        App::from_parts(config, Stores::of(store), Arc::new(vault), clock)
     }
 }

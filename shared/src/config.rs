@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 use crate::adapters::upstream::UpstreamLimits;
 use crate::domain::catalog::catalog;
 use crate::services::proxy::ProxyLimits;
+use crate::services::scheduler::SchedulerSettings;
 use crate::services::upstreams::Upstreams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,15 @@ pub struct Config {
     pub key_cache_ttl: Duration,
     /// `STOCKPULSE_LOG_FORMAT`: `json` (default on Lambda) or `text`.
     pub log_format: LogFormat,
+    /// `STOCKPULSE_VERIFY_EVERY_HOURS` (default 24), `STOCKPULSE_SCHEDULER_TESTS_PER_RUN` (25),
+    /// `STOCKPULSE_SCHEDULER_RECORDS_PER_RUN` (500): what one run of the scheduled job does.
+    pub scheduler: SchedulerSettings,
+    /// `STOCKPULSE_SCHEDULER_INTERVAL_SECONDS`: how often the local gateway runs the scheduled
+    /// job (default 3600; 0 = never, only `POST /api/jobs/run`). Lambda runs it on EventBridge.
+    pub scheduler_interval: Option<Duration>,
+    /// `STOCKPULSE_EVENT_BUS` (AWS backend): publish every new notification to this EventBridge
+    /// bus (name or ARN); unset = notifications stay in the store only.
+    pub event_bus: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +151,31 @@ impl Config {
                 .filter(|d| (7..=30).contains(d))
                 .ok_or_else(|| ConfigError("STOCKPULSE_SECRET_RECOVERY_DAYS must be a number of days from 7 to 30".into()))?,
         };
+        let count = |name: &str, default: u64, max: u64| -> Result<u64, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| ConfigError(format!("{name} must be a number from 0 to {max}"))),
+            }
+        };
+        let defaults = SchedulerSettings::default();
+        let scheduler = SchedulerSettings {
+            verify_every: chrono::Duration::hours(count("STOCKPULSE_VERIFY_EVERY_HOURS", 24, 24 * 365)?.max(1) as i64),
+            tests_per_run: count("STOCKPULSE_SCHEDULER_TESTS_PER_RUN", defaults.tests_per_run as u64, 1000)? as usize,
+            records_per_run: count("STOCKPULSE_SCHEDULER_RECORDS_PER_RUN", defaults.records_per_run as u64, 100_000)?.max(1) as usize,
+            lease: defaults.lease,
+        };
+        let scheduler_interval = match count("STOCKPULSE_SCHEDULER_INTERVAL_SECONDS", 3600, 7 * 24 * 3600)? {
+            0 => None,
+            seconds => Some(Duration::from_secs(seconds)),
+        };
         Ok(Config {
+            event_bus: get("STOCKPULSE_EVENT_BUS").map(str::to_owned),
+            scheduler,
+            scheduler_interval,
             backend,
             secret_prefix: get("STOCKPULSE_SECRET_PREFIX").unwrap_or("stockpulse/").to_owned(),
             secret_recovery_days,

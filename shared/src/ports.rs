@@ -67,6 +67,29 @@ pub trait KeyVault: Send + Sync {
     async fn forget(&self, _workspace: &str, _key_id: &str) -> Result<(), VaultError> {
         Ok(())
     }
+    /// Seals a rotation's pending version. Vaults with staging labels (Secrets Manager) stage it
+    /// as pending; the others seal it like any version.
+    async fn seal_pending(&self, binding: Binding<'_>, credentials: &Credentials) -> Result<SealedMaterial, VaultError> {
+        self.seal(binding, credentials).await
+    }
+    /// Whether the vault keeps labels of its own (`label_versions` does something).
+    fn has_labels(&self) -> bool {
+        false
+    }
+    /// Makes the vault's own labels match the record (Secrets Manager `AWSCURRENT`, `AWSPENDING`,
+    /// `AWSPREVIOUS`); versions not named lose their labels. Idempotent, so a rotation step
+    /// interrupted before it can be run again. Vaults without labels: no-op.
+    async fn label_versions(&self, _workspace: &str, _key_id: &str, _labels: &VersionLabels<'_>) -> Result<(), VaultError> {
+        Ok(())
+    }
+}
+
+/// The material each role points at, for `KeyVault::label_versions`.
+#[derive(Clone, Copy)]
+pub struct VersionLabels<'a> {
+    pub current: &'a SealedMaterial,
+    pub pending: Option<&'a SealedMaterial>,
+    pub previous: Option<&'a SealedMaterial>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,13 +131,13 @@ pub trait KeyStore: Send + Sync {
     /// Records in id order (ids are time-ordered), after the position `after` if given.
     async fn list(&self, workspace: &str, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError>;
     async fn find_slot(&self, workspace: &str, provider: &str, environment: Environment) -> Result<Option<KeyRecord>, StoreError>;
-    /// Replaces the record if its stored `version` is still `expected_version`; with new material,
-    /// the material of every other version is removed in the same transaction.
+    /// Replaces the record if its stored `version` is still `expected_version`, and changes the
+    /// stored material versions as `material` says, in the same transaction.
     async fn update(
         &self,
         record: &KeyRecord,
         expected_version: u64,
-        new_material: Option<&SealedMaterial>,
+        material: MaterialChange<'_>,
         audit: AuditDraft,
     ) -> Result<AuditEntry, StoreError>;
     async fn delete(&self, workspace: &str, id: &str, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
@@ -123,6 +146,9 @@ pub trait KeyStore: Send + Sync {
     /// transaction with the audit entry. The record stays for the audit trail.
     async fn revoke(&self, record: &KeyRecord, expected_version: u64, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
     async fn material(&self, workspace: &str, id: &str, key_version: u32) -> Result<Option<SealedMaterial>, StoreError>;
+    /// Records of every workspace, in (workspace, id) order, after the position `after` if given:
+    /// the scheduled job's walk. Reads key records only (an index of them on DynamoDB).
+    async fn scan(&self, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError>;
     /// Everything the store holds for a workspace (records, slots, materials), for the
     /// consistency check. Reads the whole workspace: an operator's and a test's tool.
     async fn snapshot(&self, workspace: &str) -> Result<crate::domain::consistency::WorkspaceSnapshot, StoreError>;
@@ -135,6 +161,103 @@ pub trait KeyStore: Send + Sync {
         status: KeyStatus,
         audit: AuditDraft,
     ) -> Result<AuditEntry, StoreError>;
+}
+
+/// The opaque position of `KeyStore::scan` after a record.
+pub fn scan_position(workspace: &str, id: &str) -> String {
+    serde_json::json!([workspace, id]).to_string()
+}
+
+/// The (workspace, id) a `scan_position` names.
+pub fn parse_scan_position(position: &str) -> Result<(String, String), StoreError> {
+    serde_json::from_str(position).map_err(|_| StoreError::Corrupt(format!("`{position}` is not a scan position")))
+}
+
+/// How an update changes the stored material versions of a key.
+#[derive(Clone, Copy)]
+pub enum MaterialChange<'a> {
+    /// The stored versions stay as they are.
+    Keep,
+    /// `sealed` is stored as the record's `key_version` and every other version is removed (an
+    /// edit of the credentials).
+    Replace(&'a SealedMaterial),
+    /// `sealed` is stored as version `version` beside the others (a rotation's pending version).
+    Stage { version: u32, sealed: &'a SealedMaterial },
+    /// Only these versions are kept (a promoted rotation keeps current + previous; a discarded
+    /// pending or an expired previous version is removed).
+    Retain(&'a [u32]),
+}
+
+impl MaterialChange<'_> {
+    /// The version to write, if any.
+    pub fn written(&self, key_version: u32) -> Option<(u32, &SealedMaterial)> {
+        match *self {
+            MaterialChange::Replace(sealed) => Some((key_version, sealed)),
+            MaterialChange::Stage { version, sealed } => Some((version, sealed)),
+            MaterialChange::Keep | MaterialChange::Retain(_) => None,
+        }
+    }
+
+    /// The versions that survive the change (`key_version` = the record's new one); `None` = all.
+    pub fn retained(&self, key_version: u32) -> Option<Vec<u32>> {
+        match self {
+            MaterialChange::Keep | MaterialChange::Stage { .. } => None,
+            MaterialChange::Replace(_) => Some(vec![key_version]),
+            MaterialChange::Retain(versions) => Some(versions.to_vec()),
+        }
+    }
+}
+
+/// Where time comes from: the system clock in production, a movable one in tests.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that stands still until moved (tests move it instead of sleeping).
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> ManualClock {
+        ManualClock(std::sync::Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The exclusive right to run a job for a while: two runs of the scheduled job never work at
+/// the same time, and a crashed run's lease simply expires.
+#[async_trait]
+pub trait JobLeases: Send + Sync {
+    /// Takes the lease `job` for `holder` until `until` if it is free or expired at `now`;
+    /// returns the position the last run saved, or `Err(LeaseHeld)` while another holder has it.
+    async fn acquire(&self, job: &str, holder: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<Option<String>, LeaseError>;
+    /// Saves the position to continue from next time and frees the lease, if `holder` still
+    /// holds it (a run that outlived its lease saves nothing).
+    async fn release(&self, job: &str, holder: &str, position: Option<&str>) -> Result<bool, StoreError>;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaseError {
+    #[error("another run holds the lease until {until}")]
+    Held { until: DateTime<Utc> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Filters of `GET /api/audit`.

@@ -113,6 +113,8 @@ async fn call(server: &TestServer, route: &Route, fixture: &Fixture, token: Opti
         }
         Operation::KeysTest | Operation::NotificationsRead => c.post_json(&at(route.path), token, &json!({})).await,
         Operation::KeysRevoke => c.post_json(&at(route.path), token, &json!({"reason": "revoked by the matrix"})).await,
+        Operation::KeysRotate => c.post_json(&at(route.path), token, &json!({"credentials": {"api_key": canary("sk-")}})).await,
+        Operation::KeysRollback | Operation::JobsRun => c.post_json(&at(route.path), token, &json!({})).await,
         Operation::QuotasPut => {
             let body = json!({"environment": "production", "limits": {"requests_per_minute": 1000}});
             c.put_json(&at(route.path), token, &body).await
@@ -136,6 +138,8 @@ fn success(route: &Route) -> u16 {
     match route.operation {
         Operation::KeysCreate => 201,
         Operation::KeysDelete => 204,
+        // The fixture key is fresh: nothing to roll back to. Access is what the matrix checks.
+        Operation::KeysRollback => 409,
         _ => 200,
     }
 }

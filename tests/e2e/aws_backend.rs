@@ -47,7 +47,8 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
     let upstream = MockServer::start().await;
     let key = canary("sk-proj-");
     let rotated = canary("sk-proj-");
-    for accepted in [&key, &rotated] {
+    let third = canary("sk-proj-");
+    for accepted in [&key, &rotated, &third] {
         Mock::given(method("GET"))
             .and(path("/models"))
             .and(header("authorization", format!("Bearer {accepted}").as_str()))
@@ -148,19 +149,37 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
     served.push(Operation::AuditList);
     let audit = client.get("/api/audit?action=key.update", Some(&token)).await;
     assert_eq!(audit.json["items"].as_array().unwrap().len(), 1, "{}", audit.text);
+    served.push(Operation::KeysRotate);
+    let rotate = client
+        .send(
+            client
+                .request(reqwest::Method::POST, &format!("/api/keys/{id}/rotate"), Some(&token))
+                .header("idempotency-key", "aws-flow-rotation")
+                .json(&json!({"credentials": {"api_key": third}})),
+        )
+        .await;
+    assert_eq!((rotate.status, rotate.json["key_version"].clone()), (200, json!(3)), "{}", rotate.text);
+    assert_eq!(rotate.json["previous"]["key_version"], 2);
+    served.push(Operation::KeysRollback);
+    let rolled = client.post_json(&format!("/api/keys/{id}/rollback"), Some(&token), &json!({})).await;
+    assert_eq!((rolled.status, rolled.json["key_version"].clone()), (200, json!(2)), "{}", rolled.text);
+    served.push(Operation::JobsRun);
+    let run = client.post_json("/api/jobs/run", Some(&token), &json!({})).await;
+    assert_eq!((run.status, run.json["records_seen"].clone()), (200, json!(1)), "{}", run.text);
     served.push(Operation::KeysRevoke);
     let revoked = client.post_json(&format!("/api/keys/{id}/revoke"), Some(&token), &json!({"reason": "end of the flow"})).await;
     assert_eq!((revoked.status, revoked.json["status"].clone()), (200, json!("revoked")), "{}", revoked.text);
     assert_eq!(client.get("/proxy/openai/models", Some(&token)).await.code(), "no_key", "a revoked key is never used again");
     served.push(Operation::KeysDelete);
-    assert_eq!(client.delete(&format!("/api/keys/{id}"), Some(&token), Some("\"3\"")).await.status, 204);
+    assert_eq!(client.delete(&format!("/api/keys/{id}"), Some(&token), Some("\"7\"")).await.status, 204);
     assert_eq!(client.get(&format!("/api/keys/{id}"), Some(&token)).await.status, 404);
     served.push(Operation::AuditVerify);
     let verify = client.get("/api/audit/verify", Some(&token)).await;
     assert_eq!(verify.json["ok"], true, "{}", verify.text);
     assert_eq!(
-        verify.json["checked"], 11,
-        "create, test, candidate test, update, test, quota update, two quota thresholds, cache purge, revoke, delete: {}",
+        verify.json["checked"], 15,
+        "create, test, candidate test, update, test, quota update, two quota thresholds, cache purge, rotation stage, test and \
+         promote, rollback, revoke, delete: {}",
         verify.text
     );
     served.push(Operation::OpenApi);
@@ -172,7 +191,7 @@ async fn the_binary_serves_every_route_on_dynamodb_and_kms() {
 
     let raw = keep_raw_items(&backend).await;
     assert!(raw.contains("AUDIT#ws-aws-flow"), "the scan sees the table");
-    for secret in [&key, &rotated] {
+    for secret in [&key, &rotated, &third] {
         assert!(!raw.contains(secret.as_str()), "a raw DynamoDB item holds a key in plaintext");
     }
 }

@@ -8,7 +8,14 @@ use stockpulse_tests::conformance::ProxyStores;
 async fn dynamo_proxy_stores() -> ProxyStores {
     let store =
         Arc::new(stockpulse_tests::aws::dynamo_store(&stockpulse_tests::moto::shared_url(), &stockpulse_tests::aws::shared_table()).await);
-    ProxyStores { keys: store.clone(), audit: store.clone(), meter: store.clone(), cache: store.clone(), notifications: store }
+    ProxyStores {
+        keys: store.clone(),
+        audit: store.clone(),
+        meter: store.clone(),
+        cache: store.clone(),
+        notifications: store.clone(),
+        leases: store,
+    }
 }
 
 mod dynamo_store {
@@ -25,6 +32,10 @@ mod dynamo_response_cache {
 
 mod dynamo_notification_store {
     stockpulse_tests::notification_store_conformance!(super::dynamo_proxy_stores());
+}
+
+mod dynamo_job_leases {
+    stockpulse_tests::job_leases_conformance!(super::dynamo_proxy_stores());
 }
 
 mod kms_vault {

@@ -14,7 +14,14 @@ async fn sqlite() -> Stores {
 
 async fn sqlite_proxy() -> ProxyStores {
     let store = Arc::new(SqliteStore::open(&fresh_data_dir().join("stockpulse.db")).expect("sqlite"));
-    ProxyStores { keys: store.clone(), audit: store.clone(), meter: store.clone(), cache: store.clone(), notifications: store }
+    ProxyStores {
+        keys: store.clone(),
+        audit: store.clone(),
+        meter: store.clone(),
+        cache: store.clone(),
+        notifications: store.clone(),
+        leases: store,
+    }
 }
 
 async fn local_vault() -> Arc<dyn KeyVault> {
@@ -35,6 +42,10 @@ mod sqlite_response_cache {
 
 mod sqlite_notification_store {
     stockpulse_tests::notification_store_conformance!(super::sqlite_proxy());
+}
+
+mod sqlite_job_leases {
+    stockpulse_tests::job_leases_conformance!(super::sqlite_proxy());
 }
 
 mod local_vault {

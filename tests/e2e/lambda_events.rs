@@ -109,6 +109,7 @@ fn body_for(route: &Route, variant: usize) -> Option<Value> {
         Operation::KeysTestCandidate => Some(json!({"provider": "openai", "credentials": {"api_key": canary("sk-")}})),
         Operation::QuotasPut => Some(json!({"environment": "development", "limits": {"requests_per_minute": 100 + variant}})),
         Operation::KeysRevoke => Some(json!({"reason": "revoked through a lambda event"})),
+        Operation::KeysRotate => Some(json!({"credentials": {"api_key": canary("sk-")}, "grace_hours": 1})),
         _ => None,
     }
 }
@@ -126,7 +127,7 @@ async fn every_function_answers_its_events_like_the_local_gateway() {
     let mut vars = options.vars.clone();
     vars.insert("STOCKPULSE_DATA_DIR".into(), server.data_dir.display().to_string());
     vars.insert("AWS_LAMBDA_FUNCTION_NAME".into(), "keys-get".into());
-    let lambda_app = App::embedded(&Config::from_vars(&vars).unwrap()).unwrap();
+    let lambda_app = App::embedded(&Config::from_vars(&vars).unwrap(), std::sync::Arc::new(stockpulse_shared::ports::SystemClock)).unwrap();
 
     let mut covered = Vec::new();
     for route in ROUTES.iter().filter(|r| r.function.is_some()) {
@@ -207,6 +208,15 @@ async fn every_function_answers_its_events_like_the_local_gateway() {
             Operation::QuotasGet | Operation::QuotasPut | Operation::UsageGet | Operation::NotificationsList | Operation::CachePurge => {
                 assert_eq!(lambda.status, 200, "{} {}: {}", route.method, route.path, lambda.json);
             }
+            Operation::KeysRotate => {
+                assert_eq!((lambda.status, lambda.json["status"].clone()), (200, json!("active")), "{}", lambda.json);
+                assert_eq!(lambda.json["key_version"], 2);
+                assert_eq!(gateway.json["key_version"], 3, "{}", gateway.text);
+                assert_eq!(gateway.json["previous"]["key_version"], 2);
+            }
+            // A fresh key has nothing to roll back to: both sides say so alike.
+            Operation::KeysRollback => assert_eq!(lambda.json["error"]["code"], "no_previous_version"),
+            Operation::JobsRun => assert!(lambda.json["skipped"].is_null() && gateway.json["skipped"].is_null(), "{}", lambda.json),
             // The id is a key's, not a notification's: both sides say so alike.
             Operation::NotificationsRead => assert_eq!(lambda.status, 404),
             Operation::DevLogin => unreachable!(),
@@ -229,7 +239,7 @@ async fn a_function_refuses_events_without_claims_and_paths_of_other_functions()
     let server = TestServer::start().await;
     let mut vars = BTreeMap::new();
     vars.insert("STOCKPULSE_DATA_DIR".to_owned(), server.data_dir.display().to_string());
-    let app = App::embedded(&Config::from_vars(&vars).unwrap()).unwrap();
+    let app = App::embedded(&Config::from_vars(&vars).unwrap(), std::sync::Arc::new(stockpulse_shared::ports::SystemClock)).unwrap();
     let keys_list = ROUTES.iter().find(|r| r.operation == Operation::KeysList).unwrap();
     let no_claims = invoke(&app, "keys-list", &event(keys_list, "", None, None)).await;
     assert_eq!((no_claims.status, no_claims.json["error"]["code"].as_str()), (401, Some("unauthenticated")));

@@ -13,6 +13,7 @@ mod conformance_aws;
 mod conformance_embedded;
 mod connection_tests;
 mod crud;
+mod event_bus;
 mod gateway_process;
 mod jwks_tokens;
 mod lambda_events;
@@ -21,6 +22,10 @@ mod proxy;
 mod proxy_escapes;
 mod proxy_injection;
 mod revocation;
+mod rotation;
+mod rotation_crash;
+mod scheduler;
+mod secrets_manager_labels;
 mod template_routes;
 mod vault_integrity;
 

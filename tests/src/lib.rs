@@ -20,6 +20,7 @@ use stockpulse_local::Gateway;
 use stockpulse_local::auth::{LOCAL_AUDIENCE, LOCAL_ISSUER, TokenVerifier};
 use stockpulse_shared::app::App;
 use stockpulse_shared::config::Config;
+use stockpulse_shared::ports::{Clock, ManualClock, SystemClock};
 
 pub use canary::canary;
 
@@ -75,6 +76,8 @@ pub struct ServerOptions {
     pub jwks: Option<(String, String, String)>,
     /// Run on the AWS backend (DynamoDB + KMS vault) against this moto server.
     pub aws: Option<AwsBackend>,
+    /// The app's clock (tests move it instead of sleeping); the system clock if not given.
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 /// Where the AWS backend of a test server lives.
@@ -150,15 +153,26 @@ impl TestServer {
             }
         }
         let config = Config::from_vars(&vars).expect("test configuration");
+        let clock: Arc<dyn Clock> = match &options.clock {
+            Some(clock) => clock.clone(),
+            None => Arc::new(SystemClock),
+        };
         let app = match &options.aws {
-            None => App::embedded(&config).expect("app"),
-            Some(aws) => App::aws(&config, &moto::sdk_config(aws.endpoint()).await).await.expect("app on the AWS backend"),
+            None => App::embedded(&config, clock).expect("app"),
+            Some(aws) => App::aws(&config, &moto::sdk_config(aws.endpoint()).await, clock).await.expect("app on the AWS backend"),
         };
         let tokens = match &options.jwks {
             Some((url, issuer, audience)) => TokenVerifier::jwks(url, issuer, audience).await.expect("JWKS verifier"),
             None => TokenVerifier::local(&data_dir).expect("token verifier"),
         };
-        let gateway = Arc::new(Gateway { app, tokens, dev: !options.no_dev, static_dir: workspace_root().join("frontend/placeholder") });
+        let gateway = Arc::new(Gateway {
+            app,
+            tokens,
+            dev: !options.no_dev,
+            static_dir: workspace_root().join("frontend/placeholder"),
+            // Tests run the job through `POST /api/jobs/run` unless they ask for the interval.
+            scheduler_every: options.vars.get("STOCKPULSE_SCHEDULER_INTERVAL_SECONDS").and(config.scheduler_interval),
+        });
         let shared = gateway.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

@@ -40,6 +40,9 @@ pub struct Gateway {
     pub dev: bool,
     /// Folder of the web UI (`frontend/dist`, or the placeholder).
     pub static_dir: PathBuf,
+    /// How often this process runs the scheduled job (the Lambda deployment uses EventBridge);
+    /// `None`: only when an admin calls `POST /api/jobs/run`.
+    pub scheduler_every: Option<std::time::Duration>,
 }
 
 /// The axum router: `/api/*` through the shared handlers, everything else static files.
@@ -172,10 +175,27 @@ pub async fn serve(
             }
         }
     });
+    let scheduler = gateway.scheduler_every.map(|every| {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            // The first run comes one period after start, like the next hourly EventBridge event.
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = gateway.app.scheduler().run(stockpulse_shared::services::scheduler::Scope::All).await {
+                    tracing::warn!(error = %e, "scheduled job failed; the next run tries again");
+                }
+            }
+        })
+    });
     let served = axum::serve(listener, router(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await;
     flusher.abort();
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     if let Err(e) = gateway.app.proxy.flush_usage().await {
         tracing::error!(error = %e, "usage still held in memory could not be written at shutdown");
     }

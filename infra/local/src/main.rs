@@ -86,7 +86,8 @@ async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error
     });
     let listener = tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let addr = listener.local_addr()?;
-    let gateway = Arc::new(Gateway { app, tokens, dev: args.dev, static_dir: static_dir.clone() });
+    let gateway =
+        Arc::new(Gateway { app, tokens, dev: args.dev, static_dir: static_dir.clone(), scheduler_every: config.scheduler_interval });
     tracing::info!(
         url = %format!("http://{addr}/"),
         dev = args.dev,

@@ -52,7 +52,22 @@ pub mod action {
     /// 80 % or 100 % of a quota was reached.
     pub const QUOTA_THRESHOLD: &str = "quota.threshold";
     pub const CACHE_PURGE: &str = "cache.purge";
-    pub const ALL: [&str; 10] = [
+    /// A rotation's new material stored as the pending version.
+    pub const KEY_ROTATE_STAGE: &str = "key.rotate.stage";
+    /// The provider accepted the pending version (the failed case discards it instead).
+    pub const KEY_ROTATE_TEST: &str = "key.rotate.test";
+    /// The pending version became current; the old current is kept as previous.
+    pub const KEY_ROTATE_PROMOTE: &str = "key.rotate.promote";
+    /// The pending version was removed (test failed, or abandoned and rolled back by the job).
+    pub const KEY_ROTATE_DISCARD: &str = "key.rotate.discard";
+    pub const KEY_ROLLBACK: &str = "key.rollback";
+    /// The scheduled job removed a previous version whose grace had passed.
+    pub const KEY_PREVIOUS_DESTROY: &str = "key.previous.destroy";
+    /// The scheduled job sent a reminder (rotation due, expiry).
+    pub const KEY_REMINDER: &str = "key.reminder";
+    /// The scheduled job released outside material of a revoked key again.
+    pub const KEY_RELEASE: &str = "key.release";
+    pub const ALL: [&str; 18] = [
         KEY_CREATE,
         KEY_UPDATE,
         KEY_DELETE,
@@ -63,6 +78,26 @@ pub mod action {
         QUOTA_UPDATE,
         QUOTA_THRESHOLD,
         CACHE_PURGE,
+        KEY_ROTATE_STAGE,
+        KEY_ROTATE_TEST,
+        KEY_ROTATE_PROMOTE,
+        KEY_ROTATE_DISCARD,
+        KEY_ROLLBACK,
+        KEY_PREVIOUS_DESTROY,
+        KEY_REMINDER,
+        KEY_RELEASE,
+    ];
+
+    /// Actions that edit a key record (each bumps its `version` by one).
+    pub const RECORD_EDITS: [&str; 8] = [
+        KEY_UPDATE,
+        KEY_REVOKE,
+        KEY_ROTATE_STAGE,
+        KEY_ROTATE_TEST,
+        KEY_ROTATE_PROMOTE,
+        KEY_ROTATE_DISCARD,
+        KEY_ROLLBACK,
+        KEY_PREVIOUS_DESTROY,
     ];
 }
 

@@ -195,6 +195,28 @@ pub struct TestSpec {
     /// What spending one test costs the user, shown before testing (e.g. "1 of 25 daily calls").
     #[serde(default)]
     pub cost_note: Option<String>,
+    /// The scheduled job verifies a key of this provider at most this often (hours); without it,
+    /// `Provider::min_verify_interval` derives a floor from the rate limits.
+    #[serde(default)]
+    pub min_interval_hours: Option<u32>,
+}
+
+impl Provider {
+    /// The shortest time between two scheduled verifications of one key: free tiers with a
+    /// small daily allowance are tested once a day at most, so health checks never eat them.
+    pub fn min_verify_interval(&self) -> chrono::Duration {
+        if let Some(hours) = self.test.min_interval_hours {
+            return chrono::Duration::hours(i64::from(hours));
+        }
+        let limits = &self.rate_limits;
+        if limits.requests_per_day.is_some_and(|d| d <= 1000) {
+            chrono::Duration::hours(24)
+        } else if limits.requests_per_minute.is_some_and(|m| m <= 10) {
+            chrono::Duration::hours(6)
+        } else {
+            chrono::Duration::hours(1)
+        }
+    }
 }
 
 fn default_method() -> String {

@@ -1,10 +1,10 @@
 //! The consistency check: what a workspace's stored state must look like whatever failed, and
 //! when. Pure: adapters hand over a snapshot, the services add the audit trail.
 //!
-//! Invariants: every key record has exactly its slot and the material of its current version (a
-//! revoked one has neither); no material or slot belongs to a missing record (no orphan secret);
+//! Invariants: every key record has exactly its slot and the material of its current, pending and
+//! previous versions and no other (a revoked one has neither); no material or slot belongs to a missing record (no orphan secret);
 //! every record's creation and every one of its edits has an audit entry (`version` = 1 + its
-//! `key.update` and `key.revoke` entries); no record survives its `key.delete` entry; the audit
+//! edit entries: update, revoke, rotation steps, rollback, previous destroyed); no record survives its `key.delete` entry; the audit
 //! chain verifies.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,8 +51,10 @@ pub fn check(workspace: &str, snapshot: &WorkspaceSnapshot, audit: &[AuditEntry]
                 problems.push(format!("revoked key {} still holds a slot", record.id));
             }
         } else {
-            if !materials.contains(&(record.id.as_str(), record.key_version)) {
-                problems.push(format!("key {} has no material for its version {}", record.id, record.key_version));
+            for version in record.held_versions() {
+                if !materials.contains(&(record.id.as_str(), version)) {
+                    problems.push(format!("key {} has no material for its version {version}", record.id));
+                }
             }
             if slots.len() != 1 || slots[0].0 != record.provider || slots[0].1 != record.environment {
                 problems.push(format!(
@@ -70,7 +72,7 @@ pub fn check(workspace: &str, snapshot: &WorkspaceSnapshot, audit: &[AuditEntry]
         let updates = audit
             .iter()
             .filter(|e| {
-                (e.action == action::KEY_UPDATE || e.action == action::KEY_REVOKE)
+                action::RECORD_EDITS.contains(&e.action.as_str())
                     && e.outcome == super::audit::Outcome::Success
                     && e.key_id.as_deref() == Some(&record.id)
             })
@@ -83,9 +85,8 @@ pub fn check(workspace: &str, snapshot: &WorkspaceSnapshot, audit: &[AuditEntry]
         match records.get(id.as_str()) {
             None => problems.push(format!("material of key {id} (version {version}) has no key record")),
             Some(r) if r.status == KeyStatus::Revoked => problems.push(format!("revoked key {id} keeps material of version {version}")),
-            Some(r) if r.key_version != *version => {
-                problems.push(format!("key {id} keeps material of version {version} beside its current {}", r.key_version))
-            }
+            Some(r) if !r.held_versions().contains(version) => problems
+                .push(format!("key {id} keeps material of version {version}, which is none of its current, pending or previous versions")),
             Some(_) => {}
         }
     }
@@ -147,6 +148,13 @@ mod tests {
             last_verified_at: None,
             last_test: None,
             revocation: None,
+            policy: Default::default(),
+            pending: None,
+            previous: None,
+            last_rotation: None,
+            rotated_at: None,
+            highest_key_version: 1,
+            rotation_due_at: None,
         }
     }
 

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::catalog::TestOutcome;
 use super::environment::Environment;
+use super::rotation::{LastRotation, PendingRotation, PreviousVersion, RotationPolicy};
 use super::validation::FormatWarning;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -21,6 +22,10 @@ pub enum KeyStatus {
     Invalid,
     /// Revoked by a workspace member; its material is destroyed.
     Revoked,
+    /// Shown, never stored: usable, but its rotation policy says it is due for rotation.
+    RotationDue,
+    /// Shown, never stored: its `expires_at` has passed (the provider no longer accepts it).
+    Expired,
 }
 
 impl KeyStatus {
@@ -30,11 +35,15 @@ impl KeyStatus {
             KeyStatus::Pending => "pending",
             KeyStatus::Invalid => "invalid",
             KeyStatus::Revoked => "revoked",
+            KeyStatus::RotationDue => "rotation_due",
+            KeyStatus::Expired => "expired",
         }
     }
 
     pub fn parse(value: &str) -> Option<KeyStatus> {
-        [KeyStatus::Active, KeyStatus::Pending, KeyStatus::Invalid, KeyStatus::Revoked].into_iter().find(|s| s.as_str() == value)
+        [KeyStatus::Active, KeyStatus::Pending, KeyStatus::Invalid, KeyStatus::Revoked, KeyStatus::RotationDue, KeyStatus::Expired]
+            .into_iter()
+            .find(|s| s.as_str() == value)
     }
 }
 
@@ -89,6 +98,26 @@ pub struct KeyRecord {
     /// the provider + environment slot free for a new key).
     #[serde(default)]
     pub revocation: Option<Revocation>,
+    /// When to rotate and when the key expires at the provider.
+    #[serde(default)]
+    pub policy: RotationPolicy,
+    /// A rotation in progress (new material stored as a pending version).
+    #[serde(default)]
+    pub pending: Option<PendingRotation>,
+    /// The version the last rotation replaced, kept for a rollback until its grace ends.
+    #[serde(default)]
+    pub previous: Option<PreviousVersion>,
+    #[serde(default)]
+    pub last_rotation: Option<LastRotation>,
+    /// When the current material took effect by a rotation or an edit (`created_at` if never).
+    #[serde(default)]
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// The highest material version this key ever had (numbers are never reused).
+    #[serde(default)]
+    pub highest_key_version: u32,
+    /// When the policy wants the key rotated (filled in when the record is shown).
+    #[serde(default, skip_deserializing)]
+    pub rotation_due_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

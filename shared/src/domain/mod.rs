@@ -14,5 +14,6 @@ pub mod notifications;
 pub mod proxy_path;
 pub mod redaction;
 pub mod response_cache;
+pub mod rotation;
 pub mod secret;
 pub mod validation;

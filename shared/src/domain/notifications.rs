@@ -18,22 +18,51 @@ pub enum NotificationKind {
     KeyInvalid,
     /// A member revoked a key.
     KeyRevoked,
+    /// A rotation promoted new material.
+    KeyRotated,
+    /// A rotation's new material failed its test, or a pending rotation was abandoned.
+    RotationFailed,
+    /// The previous version was restored.
+    KeyRolledBack,
+    /// The rotation policy says the key is (nearly) due for rotation.
+    RotationDue,
+    /// The key expires at the provider soon.
+    KeyExpiring,
+    /// The key's expiry date has passed.
+    KeyExpired,
 }
 
 impl NotificationKind {
+    pub const ALL: [NotificationKind; 10] = [
+        NotificationKind::QuotaWarning,
+        NotificationKind::QuotaReached,
+        NotificationKind::KeyInvalid,
+        NotificationKind::KeyRevoked,
+        NotificationKind::KeyRotated,
+        NotificationKind::RotationFailed,
+        NotificationKind::KeyRolledBack,
+        NotificationKind::RotationDue,
+        NotificationKind::KeyExpiring,
+        NotificationKind::KeyExpired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NotificationKind::QuotaWarning => "quota_warning",
             NotificationKind::QuotaReached => "quota_reached",
             NotificationKind::KeyInvalid => "key_invalid",
             NotificationKind::KeyRevoked => "key_revoked",
+            NotificationKind::KeyRotated => "key_rotated",
+            NotificationKind::RotationFailed => "rotation_failed",
+            NotificationKind::KeyRolledBack => "key_rolled_back",
+            NotificationKind::RotationDue => "rotation_due",
+            NotificationKind::KeyExpiring => "key_expiring",
+            NotificationKind::KeyExpired => "key_expired",
         }
     }
 
     pub fn parse(value: &str) -> Option<NotificationKind> {
-        [NotificationKind::QuotaWarning, NotificationKind::QuotaReached, NotificationKind::KeyInvalid, NotificationKind::KeyRevoked]
-            .into_iter()
-            .find(|k| k.as_str() == value)
+        NotificationKind::ALL.into_iter().find(|k| k.as_str() == value)
     }
 }
 

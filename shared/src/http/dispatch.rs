@@ -13,6 +13,7 @@ use super::caller::{caller, request_meta};
 use super::envelope::{ApiError, error_response};
 use super::handlers::{self, Ctx, MAX_BODY_BYTES};
 use super::proxy_handlers::{self, Reply};
+use super::rotation_handlers;
 use super::routes::{Access, Operation, ROUTES, Route, RouteMatch, match_route};
 
 /// Serves every route of the table that exists outside dev mode, with whole bodies.
@@ -107,6 +108,9 @@ async fn run(
         Operation::KeysTestCandidate => handlers::keys_test_candidate(app, ctx).await,
         Operation::KeysTest => handlers::keys_test(app, ctx).await,
         Operation::KeysRevoke => handlers::keys_revoke(app, ctx).await,
+        Operation::KeysRotate => rotation_handlers::keys_rotate(app, ctx).await,
+        Operation::KeysRollback => rotation_handlers::keys_rollback(app, ctx).await,
+        Operation::JobsRun => rotation_handlers::jobs_run(app, ctx).await,
         Operation::AuditList => handlers::audit_list(app, ctx).await,
         Operation::AuditVerify => handlers::audit_verify(app, ctx).await,
         Operation::OpenApi => handlers::openapi(app, ctx).await,

@@ -79,7 +79,7 @@ impl Ctx {
             .transpose()
     }
 
-    fn if_match(&self) -> Result<Option<crate::domain::keys::IfMatch>, ApiError> {
+    pub(super) fn if_match(&self) -> Result<Option<crate::domain::keys::IfMatch>, ApiError> {
         match self.headers.get(header::IF_MATCH) {
             None => Ok(None),
             Some(value) => value.to_str().ok().and_then(parse_if_match).map(Some).ok_or_else(|| {
@@ -153,7 +153,11 @@ fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     if path == "." { error } else { error.field(shown_path) }
 }
 
-fn with_etag(mut response: Response<Body>, record: &KeyRecord) -> Response<Body> {
+/// A key record as the API shows it (status and `rotation_due_at` at the app's clock), with its
+/// `ETag`.
+pub(super) fn key_response(app: &App, status: StatusCode, record: KeyRecord, request_id: &str) -> Response<Body> {
+    let record = record.presented(app.keys.clock.now());
+    let mut response = json_response(status, &record, request_id);
     if let Ok(etag) = HeaderValue::from_str(&record.etag()) {
         response.headers_mut().insert(header::ETAG, etag);
     }
@@ -217,7 +221,9 @@ pub struct KeyList {
 pub async fn keys_list(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let q = ctx.query_params(&["limit", "cursor"])?;
     let page = app.keys.list(ctx.caller(), q.get("cursor").map(String::as_str), Ctx::limit(&q)?).await?;
-    Ok(json_response(StatusCode::OK, &KeyList { items: page.items, next_cursor: page.next }, &ctx.meta.request_id))
+    let now = app.keys.clock.now();
+    let items = page.items.into_iter().map(|r| r.presented(now)).collect();
+    Ok(json_response(StatusCode::OK, &KeyList { items, next_cursor: page.next }, &ctx.meta.request_id))
 }
 
 /// One key (masked). The `ETag` header is what `If-Match` takes.
@@ -228,7 +234,7 @@ pub async fn keys_list(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError> 
 pub async fn keys_get(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError> {
     ctx.query_params(&[])?;
     let record = app.keys.get(ctx.caller(), ctx.param("id")).await?;
-    Ok(with_etag(json_response(StatusCode::OK, &record, &ctx.meta.request_id), &record))
+    Ok(key_response(app, StatusCode::OK, record, &ctx.meta.request_id))
 }
 
 /// Stores a key, encrypted. The answer never contains a credential value; soft format mismatches
@@ -241,8 +247,9 @@ pub async fn keys_create(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError
     ctx.query_params(&[])?;
     let input: CreateKey = ctx.json()?;
     let saved = app.keys.create(ctx.caller(), &ctx.meta, input).await?;
-    let mut response = with_etag(json_response(StatusCode::CREATED, &saved.record, &ctx.meta.request_id), &saved.record);
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/keys/{}", saved.record.id)) {
+    let location = format!("/api/keys/{}", saved.record.id);
+    let mut response = key_response(app, StatusCode::CREATED, saved.record, &ctx.meta.request_id);
+    if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -259,7 +266,7 @@ pub async fn keys_update(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError
     let if_match = ctx.if_match()?;
     let input: UpdateKey = ctx.json()?;
     let saved = app.keys.update(ctx.caller(), &ctx.meta, ctx.param("id"), if_match, input).await?;
-    Ok(with_etag(json_response(StatusCode::OK, &saved.record, &ctx.meta.request_id), &saved.record))
+    Ok(key_response(app, StatusCode::OK, saved.record, &ctx.meta.request_id))
 }
 
 /// Deletes a key and destroys its material; the audit trail keeps its fingerprint.
@@ -286,7 +293,7 @@ pub async fn keys_revoke(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError
     let if_match = ctx.if_match()?;
     let input: RevokeKey = ctx.json()?;
     let record = app.keys.revoke(ctx.caller(), &ctx.meta, ctx.param("id"), if_match, input).await?;
-    Ok(with_etag(json_response(StatusCode::OK, &record, &ctx.meta.request_id), &record))
+    Ok(key_response(app, StatusCode::OK, record, &ctx.meta.request_id))
 }
 
 /// Tests credentials before saving them: the provider's test request with the key injected.

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod handlers;
 pub mod openapi;
 pub mod proxy_handlers;
+pub mod rotation_handlers;
 pub mod routes;
 
 pub use dispatch::{handle_function, route_request, route_request_streaming};

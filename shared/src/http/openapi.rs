@@ -20,6 +20,9 @@ use super::handlers;
         handlers::keys_test_candidate,
         handlers::keys_test,
         handlers::keys_revoke,
+        super::rotation_handlers::keys_rotate,
+        super::rotation_handlers::keys_rollback,
+        super::rotation_handlers::jobs_run,
         handlers::audit_list,
         handlers::audit_verify,
         handlers::openapi,
@@ -31,7 +34,7 @@ use super::handlers;
         super::proxy_handlers::cache_purge,
     ),
     modifiers(&BearerAuth, &ProxyPaths),
-    tags((name = "providers"), (name = "keys"), (name = "audit"), (name = "quotas"), (name = "usage"), (name = "notifications"), (name = "cache"), (name = "proxy"), (name = "meta"))
+    tags((name = "providers"), (name = "keys"), (name = "audit"), (name = "quotas"), (name = "usage"), (name = "notifications"), (name = "cache"), (name = "jobs"), (name = "proxy"), (name = "meta"))
 )]
 struct ApiDoc;
 

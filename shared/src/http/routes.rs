@@ -14,6 +14,9 @@ pub enum Operation {
     KeysTestCandidate,
     KeysTest,
     KeysRevoke,
+    KeysRotate,
+    KeysRollback,
+    JobsRun,
     AuditList,
     AuditVerify,
     OpenApi,
@@ -59,6 +62,10 @@ use Access::{AtLeast, Public};
 use Operation::*;
 use Role::{Admin, Member, Viewer};
 
+/// Lambda functions started by an event other than an HTTP request (EventBridge): they serve no
+/// route, so `functions()` does not list them.
+pub const EVENT_FUNCTIONS: &[&str] = &["scheduler"];
+
 pub const ROUTES: &[Route] = &[
     route("GET", "/api/providers", ProvidersList, AtLeast(Viewer), "providers-list"),
     route("GET", "/api/keys", KeysList, AtLeast(Viewer), "keys-list"),
@@ -69,6 +76,9 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/api/keys/{id}", KeysDelete, AtLeast(Admin), "keys-delete"),
     route("POST", "/api/keys/{id}/test", KeysTest, AtLeast(Member), "keys-test"),
     route("POST", "/api/keys/{id}/revoke", KeysRevoke, AtLeast(Member), "keys-revoke"),
+    route("POST", "/api/keys/{id}/rotate", KeysRotate, AtLeast(Member), "keys-rotate"),
+    route("POST", "/api/keys/{id}/rollback", KeysRollback, AtLeast(Member), "keys-rotate"),
+    route("POST", "/api/jobs/run", JobsRun, AtLeast(Admin), "jobs-run"),
     route("GET", "/api/audit", AuditList, AtLeast(Viewer), "audit-list"),
     route("GET", "/api/audit/verify", AuditVerify, AtLeast(Viewer), "audit-verify"),
     route("GET", "/api/openapi.json", OpenApi, Public, "openapi"),
@@ -195,6 +205,8 @@ mod tests {
                 "keys-update",
                 "keys-delete",
                 "keys-revoke",
+                "keys-rotate",
+                "jobs-run",
                 "audit-list",
                 "audit-verify",
                 "openapi",

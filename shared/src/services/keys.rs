@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -17,9 +16,10 @@ use crate::domain::environment::Environment;
 use crate::domain::keys::{Actor, IfMatch, KeyRecord, KeyStatus, Revocation, TestResult};
 use crate::domain::masking::mask;
 use crate::domain::notifications::{Notification, NotificationKind};
+use crate::domain::rotation::RotationPolicy;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::domain::validation::{FormatWarning, check_credentials, check_label};
-use crate::ports::{AuditLog, Binding, KeyStore, KeyVault, NotificationStore, Page, ResponseCache, UpstreamClient};
+use crate::ports::{AuditLog, Binding, Clock, KeyStore, KeyVault, MaterialChange, NotificationStore, Page, ResponseCache, UpstreamClient};
 
 use super::connection_test::run_test;
 use super::proxy::KeyCache;
@@ -38,6 +38,9 @@ pub struct CreateKey {
     /// Field id → value, as the catalog lists the provider's fields.
     #[schema(value_type = BTreeMap<String, String>)]
     pub credentials: BTreeMap<String, KeyMaterial>,
+    /// When to rotate and when the key expires at the provider (none by default).
+    #[serde(default)]
+    pub rotation_policy: Option<RotationPolicy>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -52,6 +55,9 @@ pub struct UpdateKey {
     #[serde(default)]
     #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
     pub credentials: Option<BTreeMap<String, Option<KeyMaterial>>>,
+    /// Replaces the rotation policy (send `{}` to clear it).
+    #[serde(default)]
+    pub rotation_policy: Option<RotationPolicy>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -86,6 +92,7 @@ pub struct KeyService {
     /// The proxy's decrypted keys of this process, evicted on the same occasions.
     pub key_cache: Arc<KeyCache>,
     pub notifications: Arc<dyn NotificationStore>,
+    pub clock: Arc<dyn Clock>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -98,12 +105,33 @@ pub struct RevokeKey {
 /// The longest revocation reason accepted.
 pub const MAX_REASON_CHARS: usize = 500;
 
+fn check_policy(policy: &RotationPolicy, now: chrono::DateTime<chrono::Utc>) -> Result<(), ServiceError> {
+    policy.check(now).map_err(|(field, message)| ServiceError::Unprocessable {
+        code: "invalid_rotation_policy",
+        message,
+        field: Some(field.into()),
+    })
+}
+
+/// The answer while a rotation is pending and the caller is not the one resuming it.
+pub(super) fn rotation_in_progress(pending: &crate::domain::rotation::PendingRotation) -> ServiceError {
+    ServiceError::Conflict {
+        code: "rotation_in_progress",
+        message: format!(
+            "a rotation started by {} at {} is in progress; retry it with its Idempotency-Key, or wait: a rotation pending for {} minutes is rolled back",
+            pending.started_by.email,
+            pending.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            crate::domain::rotation::PENDING_LIMIT_MINUTES
+        ),
+    }
+}
+
 fn credentials_from(map: BTreeMap<String, KeyMaterial>) -> Credentials {
     map.into_iter().collect()
 }
 
 impl KeyService {
-    fn provider(&self, id: &str) -> Result<&'static Provider, ServiceError> {
+    pub(super) fn provider(&self, id: &str) -> Result<&'static Provider, ServiceError> {
         self.catalog.provider(id).ok_or_else(|| ServiceError::Unprocessable {
             code: "unknown_provider",
             message: format!("`{id}` is not a provider in the catalog; GET /api/providers lists them"),
@@ -112,7 +140,7 @@ impl KeyService {
     }
 
     /// Admin-only providers refuse everyone but admins; the refusal is audited.
-    async fn require_provider_access(
+    pub(super) async fn require_provider_access(
         &self,
         caller: &Caller,
         meta: &RequestMeta,
@@ -134,7 +162,7 @@ impl KeyService {
         })
     }
 
-    fn masks(&self, provider: &Provider, credentials: &Credentials) -> BTreeMap<String, String> {
+    pub(super) fn masks(&self, provider: &Provider, credentials: &Credentials) -> BTreeMap<String, String> {
         credentials
             .fields()
             .map(|(field, value)| {
@@ -144,7 +172,7 @@ impl KeyService {
             .collect()
     }
 
-    fn fingerprint(&self, provider: &Provider, credentials: &Credentials) -> String {
+    pub(super) fn fingerprint(&self, provider: &Provider, credentials: &Credentials) -> String {
         credentials.get(&provider.primary_field().id).map(|v| self.vault.fingerprint(v)).unwrap_or_default()
     }
 
@@ -154,10 +182,12 @@ impl KeyService {
         let label = check_label(&input.label)?;
         let credentials = credentials_from(input.credentials);
         let warnings = check_credentials(provider, &credentials)?;
+        let now = self.clock.now();
+        let policy = input.rotation_policy.unwrap_or_default();
+        check_policy(&policy, now)?;
         if self.store.find_slot(&caller.workspace, &provider.id, input.environment).await?.is_some() {
             return Err(crate::ports::StoreError::SlotTaken.into());
         }
-        let now = Utc::now();
         let actor = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
         let record = KeyRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -179,6 +209,13 @@ impl KeyService {
             last_verified_at: None,
             last_test: None,
             revocation: None,
+            policy,
+            pending: None,
+            previous: None,
+            last_rotation: None,
+            rotated_at: None,
+            highest_key_version: 1,
+            rotation_due_at: None,
         };
         let binding = Binding { workspace: &record.workspace, key_id: &record.id, version: 1 };
         let sealed = self.vault.seal(binding, &credentials).await?;
@@ -206,7 +243,7 @@ impl KeyService {
         Ok(Page { next: page.next.map(|p| cursor::encode("keys", &p)), items: page.items })
     }
 
-    fn check_if_match(record: &KeyRecord, if_match: Option<IfMatch>) -> Result<(), ServiceError> {
+    pub(super) fn check_if_match(record: &KeyRecord, if_match: Option<IfMatch>) -> Result<(), ServiceError> {
         match if_match {
             Some(IfMatch::Version(v)) if v != record.version => Err(ServiceError::PreconditionFailed {
                 code: "version_mismatch",
@@ -230,10 +267,10 @@ impl KeyService {
         let current = self.get(caller, id).await?;
         let provider = self.provider(&current.provider)?;
         self.require_provider_access(caller, meta, provider, current.environment, Some(id), action::KEY_UPDATE).await?;
-        if input.label.is_none() && input.environment.is_none() && input.credentials.is_none() {
+        if input.label.is_none() && input.environment.is_none() && input.credentials.is_none() && input.rotation_policy.is_none() {
             return Err(ServiceError::BadRequest {
                 code: "empty_update",
-                message: "send at least one of label, environment or credentials".into(),
+                message: "send at least one of label, environment, credentials or rotation_policy".into(),
                 field: None,
             });
         }
@@ -241,8 +278,14 @@ impl KeyService {
         if current.status == KeyStatus::Revoked {
             return Err(ServiceError::Conflict { code: "key_revoked", message: "a revoked key cannot be edited; add a new key".into() });
         }
+        let now = self.clock.now();
         let mut record = current.clone();
         let mut changed = Vec::new();
+        if let Some(policy) = input.rotation_policy {
+            check_policy(&policy, now)?;
+            record.policy = policy;
+            changed.push("rotation_policy");
+        }
         if let Some(label) = &input.label {
             let label = check_label(label)?;
             if label.is_empty() {
@@ -265,6 +308,9 @@ impl KeyService {
         let mut warnings = record.warnings.clone();
         let mut sealed = None;
         if let Some(edits) = input.credentials {
+            if let Some(pending) = &current.pending {
+                return Err(rotation_in_progress(pending));
+            }
             let binding = Binding { workspace: &current.workspace, key_id: &current.id, version: current.key_version };
             let material = self.store.material(&caller.workspace, id, current.key_version).await?.ok_or_else(|| {
                 ServiceError::Internal { code: "key_material_missing", message: "the key's material is missing; save the key again".into() }
@@ -277,7 +323,11 @@ impl KeyService {
                 }
             }
             warnings = check_credentials(provider, &credentials)?;
-            record.key_version = current.key_version + 1;
+            record.key_version = current.next_key_version();
+            record.highest_key_version = record.key_version;
+            record.rotated_at = Some(now);
+            // New credentials replace every stored version: nothing is left to roll back to.
+            record.previous = None;
             record.masked = self.masks(provider, &credentials);
             record.fingerprint = self.fingerprint(provider, &credentials);
             record.warnings = warnings.clone();
@@ -292,13 +342,14 @@ impl KeyService {
             changed.push("credentials");
         }
         record.version = current.version + 1;
-        record.updated_at = Utc::now();
+        record.updated_at = now;
         record.updated_by = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
         let draft = AuditDraft::new(caller, meta, action::KEY_UPDATE, Outcome::Success)
             .target(&provider.id, record.environment, Some(id))
             .fingerprint(&record.fingerprint)
             .detail(format!("changed: {}", changed.join(",")));
-        self.store.update(&record, current.version, sealed.as_ref(), draft).await.map_err(|e| match (e, if_match) {
+        let material = sealed.as_ref().map_or(MaterialChange::Keep, MaterialChange::Replace);
+        self.store.update(&record, current.version, material, draft).await.map_err(|e| match (e, if_match) {
             // Without If-Match the caller did not ask for a precondition: a lost race is a conflict.
             (crate::ports::StoreError::VersionMismatch, None) => ServiceError::Conflict {
                 code: "concurrent_update",
@@ -308,6 +359,10 @@ impl KeyService {
         })?;
         if sealed.is_some() || record.environment != current.environment {
             self.forget_in_proxy(&current.workspace, id, &provider.id).await;
+        }
+        if sealed.is_some() {
+            // New credentials replaced every version: the vault's labels follow.
+            self.sync_labels(&record).await;
         }
         Ok(Saved { record, warnings })
     }
@@ -355,11 +410,14 @@ impl KeyService {
         if current.status == KeyStatus::Revoked {
             return Err(ServiceError::Conflict { code: "key_revoked", message: "the key is already revoked".into() });
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let actor = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
         let mut record = current.clone();
         record.status = KeyStatus::Revoked;
         record.revocation = Some(Revocation { by: actor.clone(), at: now, reason: reason.to_owned() });
+        // Every version's material goes: a rotation in progress and a previous version with it.
+        record.pending = None;
+        record.previous = None;
         record.version = current.version + 1;
         record.updated_at = now;
         record.updated_by = actor;
@@ -405,7 +463,7 @@ impl KeyService {
     /// After a key is deleted or given new material: this process forgets its decrypted copy at
     /// once (other processes find out on their next admission write), and the provider's cached
     /// answers of the workspace are purged. The purge is best effort: the key change has committed.
-    async fn forget_in_proxy(&self, workspace: &str, key_id: &str, provider: &str) {
+    pub(super) async fn forget_in_proxy(&self, workspace: &str, key_id: &str, provider: &str) {
         self.key_cache.evict_key(workspace, key_id);
         if let Err(e) = self.cache.purge(workspace, provider).await {
             tracing::warn!(key_id, workspace, provider, error = %e, "could not purge the provider's cached answers");
@@ -415,7 +473,7 @@ impl KeyService {
     /// Asks the vault to destroy material it keeps outside the store (Secrets Manager secrets).
     /// Best effort: the record is already gone or was never stored; a failure is logged for an
     /// operator, and the consistency of the store does not depend on it.
-    async fn release(&self, workspace: &str, key_id: &str) {
+    pub(super) async fn release(&self, workspace: &str, key_id: &str) {
         if let Err(e) = self.vault.forget(workspace, key_id).await {
             tracing::warn!(key_id, workspace, error = %e, "could not release key material in the vault");
         }
@@ -435,8 +493,9 @@ impl KeyService {
         })?;
         let binding = Binding { workspace: &current.workspace, key_id: &current.id, version: current.key_version };
         let credentials = self.vault.open(binding, &material).await?;
-        let result = run_test(self.upstream.as_ref(), &self.upstreams, provider, current.environment, &credentials).await;
+        let mut result = run_test(self.upstream.as_ref(), &self.upstreams, provider, current.environment, &credentials).await;
         drop(credentials);
+        result.tested_at = self.clock.now();
         let status = match result.status {
             TestOutcome::Valid => KeyStatus::Active,
             TestOutcome::Invalid => KeyStatus::Invalid,

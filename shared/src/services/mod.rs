@@ -7,6 +7,8 @@ pub mod cursor;
 pub mod error;
 pub mod keys;
 pub mod metering;
+pub mod rotation;
+pub mod scheduler;
 pub mod upstreams;
 
 pub use error::ServiceError;

@@ -8,7 +8,7 @@ use stockpulse_shared::domain::audit::{AuditDraft, ChainVerifier, Outcome, actio
 use stockpulse_shared::domain::catalog::TestOutcome;
 use stockpulse_shared::domain::environment::Environment;
 use stockpulse_shared::domain::keys::{Actor, KeyRecord, KeyStatus, Revocation, TestResult};
-use stockpulse_shared::ports::{AuditFilter, SealedMaterial, StoreError};
+use stockpulse_shared::ports::{AuditFilter, MaterialChange, SealedMaterial, StoreError};
 
 use super::{Stores, workspace};
 
@@ -33,6 +33,9 @@ macro_rules! key_store_conformance {
             concurrent_updates_with_one_version_exactly_one_wins,
             concurrent_appends_keep_the_chain_whole,
             snapshot_shows_the_whole_workspace_and_it_checks_clean,
+            scan_walks_every_workspace_in_order,
+            staged_material_sits_beside_the_current_version_until_retained_away,
+            replacing_material_keeps_only_the_record_version,
         );
     };
     (@tests $make:expr; $($name:ident),+ $(,)?) => {
@@ -85,6 +88,13 @@ pub fn record(ws: &str, provider: &str, environment: Environment) -> KeyRecord {
         last_verified_at: None,
         last_test: None,
         revocation: None,
+        policy: Default::default(),
+        pending: None,
+        previous: None,
+        last_rotation: None,
+        rotated_at: None,
+        highest_key_version: 1,
+        rotation_due_at: None,
     }
 }
 
@@ -129,17 +139,18 @@ pub async fn updates_are_conditional_on_the_version(stores: &Stores) {
     let mut next = r.clone();
     next.label = "renamed".into();
     next.version = 2;
-    stores.keys.update(&next, 1, None, draft(&ws, action::KEY_UPDATE, "groq", Some(&r.id))).await.unwrap();
+    stores.keys.update(&next, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "groq", Some(&r.id))).await.unwrap();
     assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap().unwrap().label, "renamed");
     let mut stale = next.clone();
     stale.label = "late".into();
     stale.version = 2;
-    let err = stores.keys.update(&stale, 1, None, draft(&ws, action::KEY_UPDATE, "groq", Some(&r.id))).await.unwrap_err();
+    let err = stores.keys.update(&stale, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "groq", Some(&r.id))).await.unwrap_err();
     assert_eq!(err, StoreError::VersionMismatch);
     assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap().unwrap().label, "renamed");
     let mut ghost = record(&ws, "mistral", Environment::Production);
     ghost.version = 2;
-    let err = stores.keys.update(&ghost, 1, None, draft(&ws, action::KEY_UPDATE, "mistral", Some(&ghost.id))).await.unwrap_err();
+    let err =
+        stores.keys.update(&ghost, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "mistral", Some(&ghost.id))).await.unwrap_err();
     assert_eq!(err, StoreError::NotFound);
     assert_eq!(stores.audit.chain_head(&ws).await.unwrap().map(|h| h.0), Some(2), "one entry per successful mutation");
 }
@@ -151,7 +162,7 @@ pub async fn new_material_replaces_every_other_version(stores: &Stores) {
     let mut next = r.clone();
     next.key_version = 2;
     next.version = 2;
-    stores.keys.update(&next, 1, Some(&sealed(9)), draft(&ws, action::KEY_UPDATE, "openai", Some(&r.id))).await.unwrap();
+    stores.keys.update(&next, 1, MaterialChange::Replace(&sealed(9)), draft(&ws, action::KEY_UPDATE, "openai", Some(&r.id))).await.unwrap();
     assert!(stores.keys.material(&ws, &r.id, 2).await.unwrap() == Some(sealed(9)));
     assert!(stores.keys.material(&ws, &r.id, 1).await.unwrap().is_none(), "the old version's material is gone");
 }
@@ -165,12 +176,13 @@ pub async fn moving_into_a_taken_slot_is_refused(stores: &Stores) {
     let mut moved = development.clone();
     moved.environment = Environment::Production;
     moved.version = 2;
-    let err = stores.keys.update(&moved, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&moved.id))).await.unwrap_err();
+    let err =
+        stores.keys.update(&moved, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "openai", Some(&moved.id))).await.unwrap_err();
     assert_eq!(err, StoreError::SlotTaken);
     assert_eq!(stores.keys.get(&ws, &development.id).await.unwrap().unwrap().environment, Environment::Development);
     // Once the slot is free the move goes through, and the old slot is free after it.
     stores.keys.delete(&ws, &production.id, 1, draft(&ws, action::KEY_DELETE, "openai", Some(&production.id))).await.unwrap();
-    stores.keys.update(&moved, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&moved.id))).await.unwrap();
+    stores.keys.update(&moved, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "openai", Some(&moved.id))).await.unwrap();
     assert_eq!(stores.keys.find_slot(&ws, "openai", Environment::Development).await.unwrap(), None);
     insert(stores, &record(&ws, "openai", Environment::Development)).await;
 }
@@ -196,7 +208,11 @@ pub async fn revoke_keeps_the_record_destroys_all_material_and_frees_the_slot(st
     let mut rotated = r.clone();
     rotated.version = 2;
     rotated.key_version = 2;
-    stores.keys.update(&rotated, 1, Some(&sealed(7)), draft(&ws, action::KEY_UPDATE, "polygon", Some(&r.id))).await.unwrap();
+    stores
+        .keys
+        .update(&rotated, 1, MaterialChange::Replace(&sealed(7)), draft(&ws, action::KEY_UPDATE, "polygon", Some(&r.id)))
+        .await
+        .unwrap();
     let mut revoked = rotated.clone();
     revoked.version = 3;
     revoked.status = KeyStatus::Revoked;
@@ -301,7 +317,7 @@ pub async fn audit_chain_links_every_mutation(stores: &Stores) {
     insert(stores, &r).await;
     let mut next = r.clone();
     next.version = 2;
-    stores.keys.update(&next, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&r.id))).await.unwrap();
+    stores.keys.update(&next, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "openai", Some(&r.id))).await.unwrap();
     stores.audit.append(draft(&ws, action::KEY_TEST_CANDIDATE, "groq", None)).await.unwrap();
     stores.keys.delete(&ws, &r.id, 2, draft(&ws, action::KEY_DELETE, "openai", Some(&r.id))).await.unwrap();
     let entries = stores.audit.chain_slice(&ws, 0, 100).await.unwrap();
@@ -364,8 +380,9 @@ pub async fn concurrent_updates_with_one_version_exactly_one_wins(stores: &Store
         next.label = format!("writer {i}");
         next.version = 2;
         let ws = ws.clone();
-        tasks
-            .push(tokio::spawn(async move { keys.update(&next, 1, None, draft(&ws, action::KEY_UPDATE, "openai", Some(&next.id))).await }));
+        tasks.push(tokio::spawn(async move {
+            keys.update(&next, 1, MaterialChange::Keep, draft(&ws, action::KEY_UPDATE, "openai", Some(&next.id))).await
+        }));
     }
     let mut wins = 0;
     for task in tasks {
@@ -415,7 +432,11 @@ pub async fn snapshot_shows_the_whole_workspace_and_it_checks_clean(stores: &Sto
     let mut next = edited.clone();
     next.version = 2;
     next.key_version = 2;
-    stores.keys.update(&next, 1, Some(&sealed(3)), draft(&ws, action::KEY_UPDATE, "groq", Some(&edited.id))).await.unwrap();
+    stores
+        .keys
+        .update(&next, 1, MaterialChange::Replace(&sealed(3)), draft(&ws, action::KEY_UPDATE, "groq", Some(&edited.id)))
+        .await
+        .unwrap();
     stores.keys.delete(&ws, &deleted.id, 1, draft(&ws, action::KEY_DELETE, "mistral", Some(&deleted.id))).await.unwrap();
 
     let snapshot = stores.keys.snapshot(&ws).await.unwrap();
@@ -433,4 +454,124 @@ pub async fn snapshot_shows_the_whole_workspace_and_it_checks_clean(stores: &Sto
     let report = stockpulse_shared::services::consistency::check_workspace(stores.keys.as_ref(), stores.audit.as_ref(), &ws).await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.records, report.materials, report.audit_entries), (2, 2, 5));
+}
+
+pub async fn scan_walks_every_workspace_in_order(stores: &Stores) {
+    let workspaces = [workspace("scan-c"), workspace("scan-a"), workspace("scan-b")];
+    let mut ours: Vec<KeyRecord> = Vec::new();
+    // Round-robin over the workspaces: insertion (id) order is not the scan's order.
+    for provider in ["openai", "groq", "mistral"] {
+        for ws in &workspaces {
+            let r = record(ws, provider, Environment::Production);
+            insert(stores, &r).await;
+            ours.push(r);
+        }
+    }
+    // A revoked record is still walked; a deleted one is gone.
+    let mut revoked = ours[1].clone();
+    revoked.version = 2;
+    revoked.status = KeyStatus::Revoked;
+    revoked.revocation = Some(Revocation {
+        by: Actor { sub: "sub-1".into(), email: "ana@example.com".into() },
+        at: Utc::now(),
+        reason: "scan check".into(),
+    });
+    stores.keys.revoke(&revoked, 1, draft(&revoked.workspace, action::KEY_REVOKE, &revoked.provider, Some(&revoked.id))).await.unwrap();
+    ours[1] = revoked.clone();
+    let deleted = ours.remove(4);
+    stores
+        .keys
+        .delete(&deleted.workspace, &deleted.id, 1, draft(&deleted.workspace, action::KEY_DELETE, &deleted.provider, Some(&deleted.id)))
+        .await
+        .unwrap();
+    let mut expected: Vec<(String, String)> = ours.iter().map(|r| (r.workspace.clone(), r.id.clone())).collect();
+    expected.sort();
+
+    // The backend is shared: other checks' records come along, and only ours are compared.
+    let mut seen: Vec<KeyRecord> = Vec::new();
+    let mut after: Option<String> = None;
+    for pages in 1.. {
+        assert!(pages < 100_000, "the walk does not end");
+        let page = stores.keys.scan(after.as_deref(), 2).await.unwrap();
+        assert!(page.items.len() <= 2, "a page holds at most `limit` records");
+        seen.extend(page.items.into_iter().filter(|r| workspaces.contains(&r.workspace)));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let walked: Vec<(String, String)> = seen.iter().map(|r| (r.workspace.clone(), r.id.clone())).collect();
+    assert_eq!(walked, expected, "each of our records once, in (workspace, id) order");
+    assert!(!walked.iter().any(|(_, id)| *id == deleted.id));
+    assert_eq!(seen.iter().find(|r| r.id == revoked.id), Some(&revoked), "revoked records are walked, as stored");
+    let kept = &ours[0];
+    assert_eq!(seen.iter().find(|r| r.id == kept.id), Some(kept));
+}
+
+/// An update of `record` (its workspace's next audit entry) that changes the material as `change` says.
+async fn change_material(stores: &Stores, record: &KeyRecord, expected: u64, change: MaterialChange<'_>) -> Result<(), StoreError> {
+    let audit = draft(&record.workspace, action::KEY_UPDATE, &record.provider, Some(&record.id));
+    stores.keys.update(record, expected, change, audit).await.map(drop)
+}
+
+pub async fn staged_material_sits_beside_the_current_version_until_retained_away(stores: &Stores) {
+    let ws = workspace("stage");
+    let r = record(&ws, "openai", Environment::Production);
+    insert(stores, &r).await;
+    let stored = |version: u32| {
+        let (keys, ws, id) = (stores.keys.clone(), ws.clone(), r.id.clone());
+        async move { keys.material(&ws, &id, version).await.unwrap() }
+    };
+
+    // A rotation stages version 2 beside version 1; the record still uses 1.
+    let mut staged = r.clone();
+    staged.version = 2;
+    staged.highest_key_version = 2;
+    change_material(stores, &staged, 1, MaterialChange::Stage { version: 2, sealed: &sealed(2) }).await.unwrap();
+    assert!(stored(1).await == Some(sealed(1)), "the current version stays");
+    assert!(stored(2).await == Some(sealed(2)), "the staged version is stored");
+    assert_eq!(stores.keys.get(&ws, &r.id).await.unwrap().unwrap().key_version, 1);
+    // A stale stage is refused and stages nothing.
+    let mut stale = staged.clone();
+    stale.version = 3;
+    let err = change_material(stores, &stale, 1, MaterialChange::Stage { version: 3, sealed: &sealed(3) }).await.unwrap_err();
+    assert_eq!(err, StoreError::VersionMismatch);
+    assert!(stored(3).await.is_none());
+
+    // Promotion keeps current + previous.
+    let mut promoted = staged.clone();
+    promoted.version = 3;
+    promoted.key_version = 2;
+    change_material(stores, &promoted, 2, MaterialChange::Retain(&[2, 1])).await.unwrap();
+    assert!(stored(1).await == Some(sealed(1)) && stored(2).await == Some(sealed(2)), "both listed versions stay");
+    // The previous version expires: every version not listed goes (listing an absent one is harmless).
+    let mut trimmed = promoted.clone();
+    trimmed.version = 4;
+    change_material(stores, &trimmed, 3, MaterialChange::Retain(&[2, 7])).await.unwrap();
+    assert!(stored(1).await.is_none(), "the unlisted version is removed");
+    assert!(stored(2).await == Some(sealed(2)));
+    assert!(stored(7).await.is_none(), "retaining creates nothing");
+    assert_eq!(stores.keys.snapshot(&ws).await.unwrap().materials, vec![(r.id.clone(), 2)]);
+    assert_eq!(stores.audit.chain_head(&ws).await.unwrap().map(|h| h.0), Some(4), "one entry per successful update");
+}
+
+pub async fn replacing_material_keeps_only_the_record_version(stores: &Stores) {
+    let ws = workspace("replace-staged");
+    let r = record(&ws, "groq", Environment::Production);
+    insert(stores, &r).await;
+    let mut staged = r.clone();
+    staged.version = 2;
+    staged.highest_key_version = 2;
+    change_material(stores, &staged, 1, MaterialChange::Stage { version: 2, sealed: &sealed(2) }).await.unwrap();
+    // An edit of the credentials while a version is staged: only the record's new version stays.
+    let mut edited = staged.clone();
+    edited.version = 3;
+    edited.key_version = 3;
+    edited.highest_key_version = 3;
+    change_material(stores, &edited, 2, MaterialChange::Replace(&sealed(9))).await.unwrap();
+    assert!(stores.keys.material(&ws, &r.id, 3).await.unwrap() == Some(sealed(9)));
+    for version in [1, 2] {
+        assert!(stores.keys.material(&ws, &r.id, version).await.unwrap().is_none(), "version {version} is removed");
+    }
+    assert_eq!(stores.keys.snapshot(&ws).await.unwrap().materials, vec![(r.id.clone(), 3)]);
 }

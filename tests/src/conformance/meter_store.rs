@@ -10,7 +10,7 @@ use stockpulse_shared::domain::audit::{ChainVerifier, action};
 use stockpulse_shared::domain::environment::Environment;
 use stockpulse_shared::domain::keys::{KeyRecord, KeyStatus};
 use stockpulse_shared::domain::metering::{Counters, LATENCY_BUCKETS, LimitKind, Limits, MeterKey, UsageCounts, UsageDay, UsageRecord};
-use stockpulse_shared::ports::{Admission, Verdict};
+use stockpulse_shared::ports::{Admission, MaterialChange, Verdict};
 
 use super::key_store::{draft, record, sealed};
 use super::{ProxyStores, workspace};
@@ -175,7 +175,7 @@ pub async fn record_writes_keep_last_used_at(stores: &ProxyStores) {
     let mut edited = f.key.clone();
     edited.label = "renamed".into();
     edited.version = 2;
-    stores.keys.update(&edited, 1, None, draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id))).await.unwrap();
+    stores.keys.update(&edited, 1, MaterialChange::Keep, draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id))).await.unwrap();
     let got = stores.keys.get(&f.ws, &f.key.id).await.unwrap().unwrap();
     assert_eq!((got.label.as_str(), got.last_used_at), ("renamed", Some(now)));
 }
@@ -312,7 +312,11 @@ pub async fn key_changed_when_the_material_version_differs(stores: &ProxyStores)
     let mut rotated = f.key.clone();
     rotated.key_version = 2;
     rotated.version = 2;
-    stores.keys.update(&rotated, 1, Some(&sealed(2)), draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id))).await.unwrap();
+    stores
+        .keys
+        .update(&rotated, 1, MaterialChange::Replace(&sealed(2)), draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id)))
+        .await
+        .unwrap();
     assert_key_changed(stores, &f, f.admission(base_time(), Limits::default())).await;
     let mut current_version = f.admission(base_time(), Limits::default());
     current_version.key_version = 2;
@@ -324,7 +328,7 @@ pub async fn key_changed_when_revoked(stores: &ProxyStores) {
     let mut revoked = f.key.clone();
     revoked.status = KeyStatus::Revoked;
     revoked.version = 2;
-    stores.keys.update(&revoked, 1, None, draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id))).await.unwrap();
+    stores.keys.update(&revoked, 1, MaterialChange::Keep, draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id))).await.unwrap();
     assert_key_changed(stores, &f, f.admission(base_time(), Limits::default())).await;
     assert_eq!(last_used(stores, &f).await, None);
 }

@@ -4,6 +4,7 @@
 //!
 //! Every check works in workspaces of its own (unique names), so suites can share one backend.
 
+pub mod job_leases;
 pub mod key_store;
 pub mod key_vault;
 pub mod meter_store;

@@ -39,8 +39,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType, TimeToLiveSpecification,
-    TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -49,7 +49,7 @@ use crate::domain::audit::{AuditDraft, AuditEntry, GENESIS_HASH, Outcome};
 use crate::domain::consistency::WorkspaceSnapshot;
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
-use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreError};
+use crate::ports::{AuditFilter, AuditLog, KeyStore, MaterialChange, Page, SealedMaterial, StoreError, parse_scan_position, scan_position};
 
 use super::describe;
 
@@ -98,6 +98,17 @@ pub(super) fn n(value: impl ToString) -> AttributeValue {
 
 pub(super) fn ts(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// The sparse index of key records across workspaces (only key items carry its attributes):
+/// what the scheduled job walks instead of scanning the table.
+pub const KEYS_INDEX: &str = "keys-by-workspace";
+const KIND: &str = "kind";
+const KIND_SK: &str = "kind_sk";
+
+/// The index sort key: ids never contain `#`, so the last `#` separates it from the workspace.
+fn kind_sk(workspace: &str, id: &str) -> String {
+    format!("{workspace}#{id}")
 }
 
 pub(super) fn ws_pk(workspace: &str) -> String {
@@ -175,8 +186,18 @@ impl DynamoStore {
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(build(attribute("pk"))?)
             .attribute_definitions(build(attribute("sk"))?)
+            .attribute_definitions(build(attribute(KIND))?)
+            .attribute_definitions(build(attribute(KIND_SK))?)
             .key_schema(build(schema("pk", KeyType::Hash))?)
             .key_schema(build(schema("sk", KeyType::Range))?)
+            .global_secondary_indexes(build(
+                GlobalSecondaryIndex::builder()
+                    .index_name(KEYS_INDEX)
+                    .key_schema(build(schema(KIND, KeyType::Hash))?)
+                    .key_schema(build(schema(KIND_SK, KeyType::Range))?)
+                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                    .build(),
+            )?)
             .send()
             .await;
         if let Err(e) = created {
@@ -314,6 +335,8 @@ impl DynamoStore {
         if let Some(used) = &record.last_used_at {
             item.insert("last_used_at".into(), s(ts(used)));
         }
+        item.insert(KIND.into(), s("key"));
+        item.insert(KIND_SK.into(), s(kind_sk(&record.workspace, &record.id)));
         item.insert("doc".into(), s(doc));
         Ok(item)
     }
@@ -560,6 +583,35 @@ impl KeyStore for DynamoStore {
         Ok(Page { items: records, next })
     }
 
+    async fn scan(&self, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError> {
+        let start = after.map(parse_scan_position).transpose()?.map(|(ws, id)| {
+            let mut start = key(ws_pk(&ws), key_sk(&id));
+            start.insert(KIND.into(), s("key"));
+            start.insert(KIND_SK.into(), s(kind_sk(&ws, &id)));
+            start
+        });
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(KEYS_INDEX)
+            .key_condition_expression("#kind = :kind")
+            .expression_attribute_names("#kind", KIND)
+            .expression_attribute_values(":kind", s("key"))
+            .set_exclusive_start_key(start)
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let mut items = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            let workspace = get_s(&item, "pk")?.strip_prefix("WS#").ok_or_else(|| corrupt("a key item outside a workspace"))?.to_owned();
+            items.push(Self::record_from(&workspace, &item)?);
+        }
+        let next = out.last_evaluated_key.and(items.last().map(|r: &KeyRecord| scan_position(&r.workspace, &r.id)));
+        Ok(Page { items, next })
+    }
+
     async fn find_slot(&self, workspace: &str, provider: &str, environment: Environment) -> Result<Option<KeyRecord>, StoreError> {
         let Some(slot) = self.get_item(ws_pk(workspace), slot_sk(provider, environment)).await? else { return Ok(None) };
         let id = get_s(&slot, "key_id")?.to_owned();
@@ -570,7 +622,7 @@ impl KeyStore for DynamoStore {
         &self,
         record: &KeyRecord,
         expected_version: u64,
-        new_material: Option<&SealedMaterial>,
+        material: MaterialChange<'_>,
         audit: AuditDraft,
     ) -> Result<AuditEntry, StoreError> {
         let ws = &record.workspace;
@@ -589,18 +641,19 @@ impl KeyStore for DynamoStore {
             slot.insert("key_id".into(), s(record.id.clone()));
             mutation.push((self.put(slot, Some("attribute_not_exists(pk)"), &[])?, OnConflict::SlotTaken));
         }
-        if let Some(sealed) = new_material {
-            let keep = material_sk(&record.id, record.key_version);
+        if let Some(keep) = material.retained(record.key_version) {
             for old in self.material_items(ws, &record.id).await? {
                 let sk = get_s(&old, "sk")?.to_owned();
-                if sk != keep {
+                if !keep.iter().any(|v| material_sk(&record.id, *v) == sk) {
                     mutation.push((self.delete_item(ws_pk(ws), sk, None, &[])?, OnConflict::Stale));
                 }
             }
-            let mut material = key(ws_pk(ws), keep);
-            material.insert("scheme".into(), s(sealed.scheme.clone()));
-            material.insert("blob".into(), AttributeValue::B(Blob::new(sealed.blob.clone())));
-            mutation.push((self.put(material, None, &[])?, OnConflict::Stale));
+        }
+        if let Some((version, sealed)) = material.written(record.key_version) {
+            let mut item = key(ws_pk(ws), material_sk(&record.id, version));
+            item.insert("scheme".into(), s(sealed.scheme.clone()));
+            item.insert("blob".into(), AttributeValue::B(Blob::new(sealed.blob.clone())));
+            mutation.push((self.put(item, None, &[])?, OnConflict::Stale));
         }
         self.commit(mutation, audit, Some((ws, &record.id))).await
     }

@@ -3,8 +3,10 @@
 //! points them at an emulator in tests. The SDK's standard retry (with backoff) handles
 //! throttling; what is left after retries becomes `Unavailable`.
 
+pub mod dynamo_jobs;
 pub mod dynamo_metering;
 pub mod dynamo_store;
+pub mod event_bus;
 pub mod kms_vault;
 pub mod secrets_manager_vault;
 

@@ -2,6 +2,7 @@
 
 pub mod local_vault;
 pub mod secret_file;
+mod sqlite_jobs;
 mod sqlite_metering;
 pub mod sqlite_store;
 

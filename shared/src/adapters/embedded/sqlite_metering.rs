@@ -808,6 +808,13 @@ mod tests {
             last_verified_at: None,
             last_test: None,
             revocation: None,
+            policy: Default::default(),
+            pending: None,
+            previous: None,
+            last_rotation: None,
+            rotated_at: None,
+            highest_key_version: 1,
+            rotation_due_at: None,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::domain::audit::{AuditDraft, AuditEntry, GENESIS_HASH, Outcome};
 use crate::domain::consistency::WorkspaceSnapshot;
 use crate::domain::environment::Environment;
 use crate::domain::keys::{KeyRecord, KeyStatus, TestResult};
-use crate::ports::{AuditFilter, AuditLog, KeyStore, Page, SealedMaterial, StoreError};
+use crate::ports::{AuditFilter, AuditLog, KeyStore, MaterialChange, Page, SealedMaterial, StoreError, parse_scan_position, scan_position};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS keys (
@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS audit_heads (
     workspace TEXT PRIMARY KEY,
     seq       INTEGER NOT NULL,
     hash      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_leases (
+    job      TEXT PRIMARY KEY,
+    holder   TEXT,
+    until    TEXT,
+    position TEXT
 ) WITHOUT ROWID;
 "#;
 
@@ -306,6 +312,31 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn scan(&self, after: Option<&str>, limit: usize) -> Result<Page<KeyRecord>, StoreError> {
+        let (after_workspace, after_id) = after.map(parse_scan_position).transpose()?.unwrap_or_default();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT workspace, doc, last_used_at FROM keys WHERE (workspace, id) > (?1, ?2) ORDER BY workspace, id LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows: Vec<(String, String, Option<String>)> = stmt
+                .query_map(params![after_workspace, after_id, limit as i64 + 1], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            let mut items = rows.iter().map(|(ws, d, used)| record_read(ws, d, used.as_deref())).collect::<Result<Vec<_>, _>>()?;
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|r| scan_position(&r.workspace, &r.id))
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
     async fn find_slot(&self, workspace: &str, provider: &str, environment: Environment) -> Result<Option<KeyRecord>, StoreError> {
         let (workspace, provider) = (workspace.to_owned(), provider.to_owned());
         self.run(move |conn| {
@@ -326,11 +357,13 @@ impl KeyStore for SqliteStore {
         &self,
         record: &KeyRecord,
         expected_version: u64,
-        new_material: Option<&SealedMaterial>,
+        material: MaterialChange<'_>,
         audit: AuditDraft,
     ) -> Result<AuditEntry, StoreError> {
         let record = record.clone();
-        let material = new_material.cloned();
+        let written = material.written(record.key_version).map(|(v, sealed)| (v, sealed.clone()));
+        let retained = material.retained(record.key_version);
+        let kept = move |v: u32| retained.as_ref().is_none_or(|keep| keep.contains(&v));
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let changed = tx.execute(
@@ -358,15 +391,25 @@ impl KeyStore for SqliteStore {
                     .unwrap_or(false);
                 return Err(if exists { StoreError::VersionMismatch } else { StoreError::NotFound });
             }
-            if let Some(sealed) = material {
+            if let Some((version, sealed)) = &written {
                 tx.execute(
                     "INSERT INTO key_material (workspace, key_id, key_version, scheme, blob) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![record.workspace, record.id, record.key_version, sealed.scheme, sealed.blob],
+                    params![record.workspace, record.id, version, sealed.scheme, sealed.blob],
                 )
                 .map_err(unavailable)?;
+            }
+            let stored: Vec<u32> = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT key_version FROM key_material WHERE workspace = ?1 AND key_id = ?2").map_err(unavailable)?;
+                stmt.query_map(params![record.workspace, record.id], |row| row.get(0))
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?
+            };
+            for version in stored.into_iter().filter(|v| !kept(*v)) {
                 tx.execute(
-                    "DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2 AND key_version <> ?3",
-                    params![record.workspace, record.id, record.key_version],
+                    "DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2 AND key_version = ?3",
+                    params![record.workspace, record.id, version],
                 )
                 .map_err(unavailable)?;
             }
