@@ -72,6 +72,10 @@ pub trait KeyVault: Send + Sync {
     async fn seal_pending(&self, binding: Binding<'_>, credentials: &Credentials) -> Result<SealedMaterial, VaultError> {
         self.seal(binding, credentials).await
     }
+    /// Whether the vault keeps material outside the store (`forget` does something).
+    fn holds_outside_material(&self) -> bool {
+        false
+    }
     /// Whether the vault keeps labels of its own (`label_versions` does something).
     fn has_labels(&self) -> bool {
         false

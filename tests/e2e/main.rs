@@ -22,6 +22,7 @@ mod proxy;
 mod proxy_escapes;
 mod proxy_injection;
 mod revocation;
+mod revocation_release;
 mod rotation;
 mod rotation_crash;
 mod scheduler;

@@ -222,6 +222,18 @@ async fn rotation_refuses_what_it_cannot_do() {
         (rotate(&server, &member, "no-such-key", None, json!({"credentials": {"api_key": two}})).await, 404, "key_not_found"),
         (rollback(&server, &member, &id, None).await, 409, "no_previous_version"),
     ];
+    let bad_policies = [
+        json!({"rotate_every_days": 0}),
+        json!({"notify_before_days": 4000}),
+        json!({"expires_at": "2020-01-01T00:00:00Z"}),
+        json!({"rotate_every": 30}),
+    ];
+    let mut cases = cases;
+    for policy in bad_policies {
+        let answer = server.client.patch_json(&format!("/api/keys/{id}"), Some(&member), None, &json!({"rotation_policy": policy})).await;
+        let expected = if policy.get("rotate_every").is_some() { (400, "unknown_field") } else { (422, "invalid_rotation_policy") };
+        cases.push((answer, expected.0, expected.1));
+    }
     for (answer, status, code) in &cases {
         assert_eq!((answer.status, answer.code()), (*status, *code), "{}", answer.text);
         assert!(!answer.text.contains(&one) && !answer.text.contains(&two));

@@ -142,3 +142,58 @@ async fn the_local_gateway_runs_the_job_on_its_interval_and_admins_alone_trigger
     assert_eq!(reminded.len(), 1, "the gateway's interval ran the job");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_does_bounded_work_and_the_next_one_continues_where_it_stopped() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&upstream)
+        .await;
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let options = ServerOptions { clock: Some(clock.clone()), ..Default::default() }
+        .upstream("openai", &upstream.uri())
+        .upstream("groq", &upstream.uri())
+        .upstream("mistral", &upstream.uri())
+        .var("STOCKPULSE_SCHEDULER_RECORDS_PER_RUN", "2")
+        .var("STOCKPULSE_SCHEDULER_TESTS_PER_RUN", "1");
+    let server = TestServer::start_with(options).await;
+    let expires = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let mut admins = Vec::new();
+    // Five keys in three workspaces; each expires soon, so each earns one reminder.
+    for (ws, provider, key) in [
+        ("a", "openai", canary("sk-proj-")),
+        ("a", "groq", canary("gsk_")),
+        ("b", "openai", canary("sk-proj-")),
+        ("b", "mistral", canary("m")),
+        ("c", "openai", canary("sk-proj-")),
+    ] {
+        let ws = format!("ws-bounded-{ws}");
+        let admin = server.token("admin", &ws).await;
+        super::create(
+            &server,
+            &admin,
+            json!({"provider": provider, "credentials": {"api_key": key}, "rotation_policy": {"expires_at": expires}}),
+        )
+        .await;
+        admins.push(admin);
+    }
+    clock.advance(chrono::Duration::days(1) + chrono::Duration::hours(3));
+    let scheduler = server.app.app.scheduler();
+    let mut seen = Vec::new();
+    let (mut reminders, mut verified) = (0, 0);
+    for _ in 0..4 {
+        let report = scheduler.run(Scope::All).await.unwrap();
+        assert!(report.skipped.is_none() && report.errors.is_empty(), "{report:#?}");
+        assert!(report.records_seen <= 2 && report.verified <= 1, "bounded: {report:#?}");
+        seen.push((report.records_seen, report.complete));
+        reminders += report.reminders_sent;
+        verified += report.verified;
+    }
+    assert_eq!(seen, [(2, false), (2, false), (1, true), (2, false)], "the walk continues, ends, and starts over");
+    assert_eq!(reminders, 5, "one reminder per key, whatever the number of runs");
+    assert_eq!(verified, 4, "one test per run at most");
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 4);
+    server.stop().await;
+}

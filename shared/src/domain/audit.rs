@@ -65,7 +65,8 @@ pub mod action {
     pub const KEY_PREVIOUS_DESTROY: &str = "key.previous.destroy";
     /// The scheduled job sent a reminder (rotation due, expiry).
     pub const KEY_REMINDER: &str = "key.reminder";
-    /// The scheduled job released outside material of a revoked key again.
+    /// The material a vault keeps outside the store (Secrets Manager) of a revoked key was
+    /// released (its deletion scheduled with the recovery window).
     pub const KEY_RELEASE: &str = "key.release";
     pub const ALL: [&str; 18] = [
         KEY_CREATE,
@@ -89,7 +90,7 @@ pub mod action {
     ];
 
     /// Actions that edit a key record (each bumps its `version` by one).
-    pub const RECORD_EDITS: [&str; 8] = [
+    pub const RECORD_EDITS: [&str; 9] = [
         KEY_UPDATE,
         KEY_REVOKE,
         KEY_ROTATE_STAGE,
@@ -98,6 +99,7 @@ pub mod action {
         KEY_ROTATE_DISCARD,
         KEY_ROLLBACK,
         KEY_PREVIOUS_DESTROY,
+        KEY_RELEASE,
     ];
 }
 

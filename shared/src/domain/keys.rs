@@ -125,6 +125,11 @@ pub struct Revocation {
     pub by: Actor,
     pub at: DateTime<Utc>,
     pub reason: String,
+    /// When the material the vault keeps outside the store (Secrets Manager) was released; `None`
+    /// while the scheduled job still has to retry it. Vaults that keep nothing outside set it at
+    /// the revocation itself.
+    #[serde(default)]
+    pub material_released_at: Option<DateTime<Utc>>,
 }
 
 impl KeyRecord {

@@ -414,7 +414,9 @@ impl KeyService {
         let actor = Actor { sub: caller.sub.clone(), email: caller.email.clone() };
         let mut record = current.clone();
         record.status = KeyStatus::Revoked;
-        record.revocation = Some(Revocation { by: actor.clone(), at: now, reason: reason.to_owned() });
+        // Vaults that keep nothing outside the store have nothing left to release.
+        let released = (!self.vault.holds_outside_material()).then_some(now);
+        record.revocation = Some(Revocation { by: actor.clone(), at: now, reason: reason.to_owned(), material_released_at: released });
         // Every version's material goes: a rotation in progress and a previous version with it.
         record.pending = None;
         record.previous = None;
@@ -433,7 +435,18 @@ impl KeyService {
             (e, _) => e.into(),
         })?;
         self.forget_in_proxy(&current.workspace, id, &provider.id).await;
-        self.release(&current.workspace, id).await;
+        let record = if released.is_none() {
+            match self.release_revoked(caller, meta, &record).await {
+                Ok(released) => released,
+                Err(e) => {
+                    // The revocation stands; the scheduled job retries the release.
+                    tracing::warn!(key_id = %id, error = %e, "could not release the revoked key's material yet");
+                    record
+                }
+            }
+        } else {
+            record
+        };
         let notification = Notification {
             id: uuid::Uuid::now_v7().to_string(),
             workspace: current.workspace.clone(),
@@ -457,6 +470,29 @@ impl KeyService {
             tracing::warn!(key_id = %id, error = %e, "revocation notification failed");
         }
         tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key revoked");
+        Ok(record)
+    }
+
+    /// Releases what the vault keeps outside the store for a revoked key (Secrets Manager: the
+    /// secret's deletion, with its recovery window) and records that it did, with its audit entry.
+    /// Called by the revocation, and by the scheduled job until it succeeds.
+    pub(super) async fn release_revoked(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        current: &KeyRecord,
+    ) -> Result<KeyRecord, ServiceError> {
+        self.vault.forget(&current.workspace, &current.id).await?;
+        let mut record = current.clone();
+        if let Some(revocation) = record.revocation.as_mut() {
+            revocation.material_released_at = Some(self.clock.now());
+        }
+        record.version = current.version + 1;
+        let draft = AuditDraft::new(caller, meta, action::KEY_RELEASE, Outcome::Success)
+            .target(&record.provider, record.environment, Some(&record.id))
+            .fingerprint(&record.fingerprint)
+            .detail("outside material released");
+        self.store.update(&record, current.version, MaterialChange::Keep, draft).await?;
         Ok(record)
     }
 

@@ -66,6 +66,8 @@ pub struct RunReport {
     pub reminders_sent: usize,
     pub previous_destroyed: usize,
     pub rotations_rolled_back: usize,
+    /// Revoked keys whose outside material (Secrets Manager) the revocation could not release.
+    pub materials_released: usize,
     /// The run walked to the last record (else the next run continues from where it stopped).
     pub complete: bool,
     /// Keys a step failed on (the next run tries again); messages never carry key material.
@@ -148,11 +150,17 @@ impl Scheduler<'_> {
     }
 
     async fn visit(&self, record: &KeyRecord, now: DateTime<Utc>, meta: &RequestMeta, report: &mut RunReport, tests_left: &mut usize) {
+        let caller = system_caller(&record.workspace);
         if record.status == KeyStatus::Revoked {
+            if record.revocation.as_ref().is_some_and(|r| r.material_released_at.is_none()) {
+                match self.keys.release_revoked(&caller, meta, record).await {
+                    Ok(_) => report.materials_released += 1,
+                    Err(e) => report.errors.push(format!("key {}: {e}", record.id)),
+                }
+            }
             return;
         }
         let Some(provider) = self.keys.catalog.provider(&record.provider) else { return };
-        let caller = system_caller(&record.workspace);
         let mut record = record.clone();
         let steps = async {
             if record.pending.as_ref().is_some_and(|p| now - p.started_at >= Duration::minutes(PENDING_LIMIT_MINUTES)) {

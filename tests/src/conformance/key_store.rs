@@ -220,6 +220,7 @@ pub async fn revoke_keeps_the_record_destroys_all_material_and_frees_the_slot(st
         by: Actor { sub: "sub-1".into(), email: "ana@example.com".into() },
         at: Utc::now(),
         reason: "leaked in a screenshot".into(),
+        material_released_at: None,
     });
     let err = stores.keys.revoke(&revoked, 1, draft(&ws, action::KEY_REVOKE, "polygon", Some(&r.id))).await.unwrap_err();
     assert_eq!(err, StoreError::VersionMismatch, "revocation is conditional on the version");
@@ -475,6 +476,7 @@ pub async fn scan_walks_every_workspace_in_order(stores: &Stores) {
         by: Actor { sub: "sub-1".into(), email: "ana@example.com".into() },
         at: Utc::now(),
         reason: "scan check".into(),
+        material_released_at: None,
     });
     stores.keys.revoke(&revoked, 1, draft(&revoked.workspace, action::KEY_REVOKE, &revoked.provider, Some(&revoked.id))).await.unwrap();
     ours[1] = revoked.clone();

@@ -276,6 +276,10 @@ impl KeyVault for SecretsManagerVault {
         Ok(SealedMaterial { scheme: SCHEME.to_owned(), blob: format!("{name}\n{version_id}").into_bytes() })
     }
 
+    fn holds_outside_material(&self) -> bool {
+        true
+    }
+
     fn has_labels(&self) -> bool {
         true
     }

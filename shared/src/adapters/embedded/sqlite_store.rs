@@ -373,7 +373,8 @@ impl KeyStore for SqliteStore {
                     record.workspace,
                     record.id,
                     record.provider,
-                    record.environment.as_str(),
+                    // A revoked record keeps its tombstone: the slot stays free.
+                    if record.status == KeyStatus::Revoked { revoked_slot(&record.id) } else { record.environment.as_str().to_owned() },
                     record.version,
                     record_doc(&record)?,
                     expected_version
