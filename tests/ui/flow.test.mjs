@@ -199,3 +199,26 @@ test('the page works at 375 px wide with the keyboard alone', async () => {
   assert.deepEqual(await checkClean(page, context, seen, credentials, 'mobile'), []);
   await context.close();
 });
+
+test('the user guide is a set of pages of the site, linked from the page', async () => {
+  const context = await browser.newContext({ viewport: { width: 1024, height: 800 } });
+  const page = await context.newPage();
+  const seen = watch(page, gateway.url);
+  await page.goto(`${gateway.url}/`);
+  await page.getByLabel('Email').fill('lee@ui.example.com');
+  await page.getByLabel('Workspace').fill(`${workspace}-docs`);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('link', { name: 'User guide' }).click();
+  await page.waitForURL(/\/docs\/index\.html$/);
+  for (const [link, heading] of [
+    [/obtain/i, /obtain/i],
+    [/troubleshoot/i, /troubleshoot/i],
+  ]) {
+    await page.goto(`${gateway.url}/docs/index.html`);
+    await page.getByRole('link', { name: link }).first().click();
+    await page.getByRole('heading', { name: heading }).first().waitFor();
+  }
+  await screenshot(page, 'user-guide');
+  assert.deepEqual(await checkClean(page, context, seen, credentials, 'docs'), []);
+  await context.close();
+});

@@ -30,7 +30,7 @@ export function Header({ session, onSignOut }: { session: Session; onSignOut: ()
           <li>Never paste keys into chats, tickets, e-mails or code.</li>
         </ul>
         <p>
-          <a href="/docs/">User guide</a>
+          <a href="/docs/index.html">User guide</a>
         </p>
       </aside>
     </header>
