@@ -172,6 +172,7 @@ impl TestServer {
             static_dir: workspace_root().join("frontend/placeholder"),
             // Tests run the job through `POST /api/jobs/run` unless they ask for the interval.
             scheduler_every: options.vars.get("STOCKPULSE_SCHEDULER_INTERVAL_SECONDS").and(config.scheduler_interval),
+            connect_extra: Vec::new(),
         });
         let shared = gateway.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

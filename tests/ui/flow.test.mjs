@@ -8,7 +8,11 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { canary, checkClean, fakeProvider, launch, screenshot, seriousViolations, startGateway, watch } from './harness.mjs';
+import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { canary, checkClean, fakeCognito, fakeProvider, launch, root, screenshot, seriousViolations, startGateway, watch } from './harness.mjs';
 
 const warned = canary('ui-'); // not an OpenAI shape: saved with a format warning
 const second = canary('sk-proj-');
@@ -221,4 +225,48 @@ test('the user guide is a set of pages of the site, linked from the page', async
   await screenshot(page, 'user-guide');
   assert.deepEqual(await checkClean(page, context, seen, credentials, 'docs'), []);
   await context.close();
+});
+
+test('with a Cognito configuration the page signs in through the hosted UI with PKCE and keeps the token in memory', async () => {
+  const clientId = 'stockpulse-web';
+  const cognito = await fakeCognito({ clientId, email: 'ops@ui.example.com', role: 'admin', workspace: `${workspace}-cognito` });
+  const site = mkdtempSync(join(tmpdir(), 'stockpulse-ui-site-'));
+  cpSync(join(root, 'frontend', 'dist'), site, { recursive: true });
+  const sso = await startGateway(
+    {
+      STOCKPULSE_JWKS_URL: `${cognito.state.url}/.well-known/jwks.json`,
+      STOCKPULSE_JWT_ISSUER: cognito.state.url,
+      STOCKPULSE_JWT_AUDIENCE: clientId,
+      STOCKPULSE_UI_CONNECT_SRC: cognito.state.url,
+    },
+    site,
+  );
+  cognito.state.redirectUri = `${sso.url}/`;
+  cognito.state.appOrigin = sso.url;
+  writeFileSync(join(site, 'config.json'), JSON.stringify({ auth: 'cognito', cognito: { domain: cognito.state.url, client_id: clientId, redirect_uri: `${sso.url}/`, logout_uri: `${sso.url}/` } }));
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const seen = watch(page, sso.url, [cognito.state.url]);
+  try {
+    await page.goto(`${sso.url}/`);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'API Key Management' }).waitFor();
+    await page.getByText('ops@ui.example.com').first().waitFor();
+    await page.getByRole('tab', { name: 'LLM Providers' }).click();
+    await page.getByRole('region', { name: 'OpenAI' }).waitFor();
+    assert.equal(cognito.state.tokensIssued, 1);
+    assert.deepEqual(cognito.state.refused, []);
+    assert.equal(new URL(page.url()).search, '', 'the code is removed from the address bar');
+    assert.deepEqual(await checkClean(page, context, seen, credentials, 'cognito'), [], 'no token or verifier left in any storage');
+    // Sign out ends the hosted UI's session and comes back to the sign-in page.
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('button', { name: 'Sign in' }).waitFor();
+    // Going back to an old callback URL does not sign anyone in: the code was used.
+    await page.goto(`${sso.url}/?code=replayed&state=forged`);
+    await page.getByRole('alert').filter({ hasText: 'Sign-in failed' }).waitFor();
+  } finally {
+    await context.close();
+    await sso.stop();
+    await cognito.close();
+  }
 });

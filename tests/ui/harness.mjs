@@ -4,7 +4,7 @@
 // browser storage or in the DOM, every request to the page's own origin, no CSP violation).
 
 import { spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { createHash, createSign, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -60,10 +60,10 @@ export async function fakeProvider(accepted) {
 }
 
 /** Starts `target/debug/stockpulse-local --dev` on a free loopback port; resolves its URL. */
-export async function startGateway(env) {
+export async function startGateway(env, staticDir = join(root, 'frontend', 'dist')) {
   const dataDir = mkdtempSync(join(tmpdir(), 'stockpulse-ui-'));
   const binary = join(root, 'target', 'debug', 'stockpulse-local');
-  const child = spawn(binary, ['--dev', '--addr', '127.0.0.1:0', '--data-dir', dataDir, '--static-dir', join(root, 'frontend', 'dist')], {
+  const child = spawn(binary, ['--dev', '--addr', '127.0.0.1:0', '--data-dir', dataDir, '--static-dir', staticDir], {
     env: { ...process.env, RUST_LOG: 'info', STOCKPULSE_LOG_FORMAT: 'json', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -97,12 +97,13 @@ export async function launch() {
 }
 
 /** Records every request the page makes and every CSP report, for `checkClean`. */
-export function watch(page, origin) {
+export function watch(page, origin, alsoAllowed = []) {
   const seen = { foreign: [], cspViolations: [], requests: 0 };
+  const allowed = [origin, ...alsoAllowed].map((o) => `${o}/`);
   page.on('request', (request) => {
     seen.requests += 1;
     const url = request.url();
-    if (!url.startsWith(`${origin}/`) && !url.startsWith('data:') && !url.startsWith('blob:')) seen.foreign.push(url);
+    if (!allowed.some((a) => url.startsWith(a)) && !url.startsWith('data:') && !url.startsWith('blob:')) seen.foreign.push(url);
   });
   page.on('console', (message) => {
     if (/Content Security Policy|Refused to/.test(message.text())) seen.cspViolations.push(message.text());
@@ -156,4 +157,78 @@ export async function seriousViolations(page, name) {
 
 export async function screenshot(page, name) {
   await page.screenshot({ path: join(uiOut, 'screenshots', `${name}.png`), fullPage: true });
+}
+
+const b64url = (data) => Buffer.from(data).toString('base64url');
+
+/**
+ * A fake Cognito hosted UI and token endpoint on loopback: authorization code with PKCE (S256),
+ * one-time codes, RS256 access tokens with Cognito's claims, a JWKS, and logout.
+ */
+export async function fakeCognito({ clientId, email, role, workspace }) {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const kid = randomUUID();
+  const jwk = { ...publicKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+  const codes = new Map();
+  const state = { url: '', redirectUri: '', appOrigin: '', tokensIssued: 0, refused: [] };
+  const sign = (claims) => {
+    const input = `${b64url(JSON.stringify({ alg: 'RS256', typ: 'JWT', kid }))}.${b64url(JSON.stringify(claims))}`;
+    return `${input}.${createSign('RSA-SHA256').update(input).sign(privateKey).toString('base64url')}`;
+  };
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, state.url);
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      const json = (status, value) => {
+        res.writeHead(status, { 'content-type': 'application/json', 'access-control-allow-origin': state.appOrigin });
+        res.end(JSON.stringify(value));
+      };
+      if (url.pathname === '/.well-known/jwks.json') return json(200, { keys: [jwk] });
+      if (url.pathname === '/oauth2/authorize') {
+        const q = url.searchParams;
+        if (q.get('client_id') !== clientId || q.get('redirect_uri') !== state.redirectUri || q.get('code_challenge_method') !== 'S256' || !q.get('code_challenge')) {
+          state.refused.push('authorize');
+          return json(400, { error: 'invalid_request' });
+        }
+        const code = randomUUID();
+        codes.set(code, q.get('code_challenge'));
+        res.writeHead(302, { location: `${state.redirectUri}?code=${code}&state=${encodeURIComponent(q.get('state'))}` });
+        return res.end();
+      }
+      if (url.pathname === '/oauth2/token' && req.method === 'POST') {
+        const form = new URLSearchParams(body);
+        const challenge = codes.get(form.get('code'));
+        codes.delete(form.get('code'));
+        const verified = challenge && createHash('sha256').update(form.get('code_verifier') ?? '').digest('base64url') === challenge;
+        if (form.get('grant_type') !== 'authorization_code' || form.get('client_id') !== clientId || !verified) {
+          state.refused.push('token');
+          return json(400, { error: 'invalid_grant' });
+        }
+        state.tokensIssued += 1;
+        const now = Math.floor(Date.now() / 1000);
+        const access = sign({
+          sub: randomUUID(),
+          email,
+          'cognito:groups': [role],
+          'custom:workspace': workspace,
+          iss: state.url,
+          aud: clientId,
+          client_id: clientId,
+          token_use: 'access',
+          iat: now,
+          exp: now + 3600,
+        });
+        return json(200, { access_token: access, id_token: access, token_type: 'Bearer', expires_in: 3600 });
+      }
+      if (url.pathname === '/logout') {
+        res.writeHead(302, { location: url.searchParams.get('logout_uri') });
+        return res.end();
+      }
+      return json(404, { error: 'not_found' });
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  state.url = `http://127.0.0.1:${server.address().port}`;
+  return { state, close: () => new Promise((r) => server.close(r)) };
 }

@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { api, ApiError, setUnauthorizedHandler, type Category, type KeyRecord } from '../api';
-import { loadAuthConfig, signOut, type AuthConfig, type Session } from '../auth';
+import { cognitoSignOut, completeCognitoSignIn, loadAuthConfig, signOut, type AuthConfig, type Session } from '../auth';
 import { AuditView } from './AuditView';
 import { Header } from './Header';
 import { KeysView } from './KeysView';
@@ -20,9 +20,19 @@ export function App() {
   const [config, setConfig] = useState<AuthConfig | null>(null);
   const [session, setSession] = useState<Session | null>(null);
   const [expired, setExpired] = useState(false);
+  const [authError, setAuthError] = useState<string | null>(null);
 
   useEffect(() => {
-    void loadAuthConfig().then(setConfig);
+    void loadAuthConfig().then(async (loaded) => {
+      setConfig(loaded);
+      if (loaded.mode !== 'cognito') return;
+      try {
+        const session = await completeCognitoSignIn(loaded.settings);
+        if (session) setSession(session);
+      } catch (e) {
+        setAuthError(e instanceof Error ? e.message : 'Sign-in failed.');
+      }
+    });
     setUnauthorizedHandler(() => {
       setSession(null);
       setExpired(true);
@@ -40,6 +50,7 @@ export function App() {
         )}
         <SignIn
           config={config}
+          error={authError}
           onSignedIn={(s) => {
             setExpired(false);
             setSession(s);
@@ -52,6 +63,7 @@ export function App() {
     <Workspace
       session={session}
       onSignOut={() => {
+        if (config?.mode === 'cognito') return cognitoSignOut(config.settings);
         signOut();
         setSession(null);
         setExpired(false);

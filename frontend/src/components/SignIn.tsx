@@ -1,8 +1,8 @@
 import { useState } from 'preact/hooks';
 import { ApiError, type Role } from '../api';
-import { devSignIn, DevSignInUnavailable, type AuthConfig, type Session } from '../auth';
+import { devSignIn, DevSignInUnavailable, startCognitoSignIn, type AuthConfig, type Session } from '../auth';
 
-export function SignIn({ config, onSignedIn }: { config: AuthConfig | null; onSignedIn: (s: Session) => void }) {
+export function SignIn({ config, error: authError, onSignedIn }: { config: AuthConfig | null; error?: string | null; onSignedIn: (s: Session) => void }) {
   const [email, setEmail] = useState('');
   const [role, setRole] = useState<Role>('admin');
   const [workspace, setWorkspace] = useState('demo');
@@ -10,13 +10,34 @@ export function SignIn({ config, onSignedIn }: { config: AuthConfig | null; onSi
   const [busy, setBusy] = useState(false);
   const [unavailable, setUnavailable] = useState(false);
 
-  if (config?.mode === 'cognito' || unavailable) {
+  if (config?.mode === 'cognito') {
+    const settings = config.settings;
+    return (
+      <main class="signin">
+        <h1>API Key Management</h1>
+        <p>Sign in with your StockPulse account. Your keys stay on the server; this page never receives them.</p>
+        {authError && (
+          <p role="alert" class="error-text">
+            {authError}
+          </p>
+        )}
+        <button type="button" class="primary" disabled={busy} onClick={() => {
+          setBusy(true);
+          void startCognitoSignIn(settings);
+        }}>
+          Sign in
+        </button>
+      </main>
+    );
+  }
+  if (config?.mode === 'misconfigured' || unavailable) {
     return (
       <main class="signin">
         <h1>API Key Management</h1>
         <p role="alert" class="notice notice-warn">
-          Sign-in on this deployment goes through its Cognito user pool, which this version of the web app does not support yet. Dev sign-in is
-          only available when the local gateway runs in dev mode.
+          {config?.mode === 'misconfigured'
+            ? `This deployment's sign-in is not configured correctly: ${config.reason}`
+            : "Dev sign-in is off on this server; sign-in goes through the deployment's Cognito user pool (set in /config.json)."}
         </p>
       </main>
     );

@@ -43,6 +43,8 @@ pub struct Gateway {
     /// How often this process runs the scheduled job (the Lambda deployment uses EventBridge);
     /// `None`: only when an admin calls `POST /api/jobs/run`.
     pub scheduler_every: Option<std::time::Duration>,
+    /// Origins the web UI may call besides its own (`connect-src`): the Cognito domain.
+    pub connect_extra: Vec<String>,
 }
 
 /// The axum router: `/api/*` through the shared handlers, everything else static files.
@@ -52,7 +54,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/{*rest}", axum::routing::any(api))
         .route("/proxy/{*rest}", axum::routing::any(api))
         .fallback_service(static_files::service(&gateway.static_dir))
-        .layer(axum::middleware::from_fn(static_files::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            static_files::content_security_policy(&gateway.connect_extra),
+            static_files::security_headers,
+        ))
         .with_state(gateway)
 }
 

@@ -36,6 +36,10 @@ struct Args {
     #[arg(long, env = "STOCKPULSE_STATIC_DIR")]
     static_dir: Option<PathBuf>,
     /// Verify RS256 tokens from this JWKS instead of issuing local ones.
+    /// Origins the web UI may call besides its own, space-separated (the Cognito domain of the
+    /// sign-in, e.g. `https://example.auth.eu-west-1.amazoncognito.com`).
+    #[arg(long, env = "STOCKPULSE_UI_CONNECT_SRC", value_delimiter = ' ', value_parser = parse_origin)]
+    ui_connect_src: Vec<String>,
     #[arg(long, env = "STOCKPULSE_JWKS_URL", requires_all = ["jwt_issuer", "jwt_audience"])]
     jwks_url: Option<String>,
     #[arg(long, env = "STOCKPULSE_JWT_ISSUER")]
@@ -86,8 +90,14 @@ async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error
     });
     let listener = tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let addr = listener.local_addr()?;
-    let gateway =
-        Arc::new(Gateway { app, tokens, dev: args.dev, static_dir: static_dir.clone(), scheduler_every: config.scheduler_interval });
+    let gateway = Arc::new(Gateway {
+        app,
+        tokens,
+        dev: args.dev,
+        static_dir: static_dir.clone(),
+        scheduler_every: config.scheduler_interval,
+        connect_extra: args.ui_connect_src.clone(),
+    });
     tracing::info!(
         url = %format!("http://{addr}/"),
         dev = args.dev,
@@ -119,4 +129,16 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     tracing::info!("shutdown signal received; finishing open requests");
+}
+
+/// An origin for `connect-src`: `https://host[:port]`, or `http://` on loopback only.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("`{value}` is not a URL: {e}"))?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let origin = url.origin().ascii_serialization();
+    match url.scheme() {
+        "https" => Ok(origin),
+        "http" if loopback => Ok(origin),
+        _ => Err(format!("`{value}` must be an https origin (http only on loopback)")),
+    }
 }
