@@ -8,11 +8,11 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { canary, checkClean, fakeCognito, fakeProvider, launch, root, screenshot, seriousViolations, startGateway, watch } from './harness.mjs';
+import { canary, checkClean, fakeCognito, fakeProvider, launch, root, screenshot, seriousViolations, startGateway, uiOut, watch } from './harness.mjs';
 
 const warned = canary('ui-'); // not an OpenAI shape: saved with a format warning
 const second = canary('sk-proj-');
@@ -199,6 +199,22 @@ test('the page works at 375 px wide with the keyboard alone', async () => {
   await page.keyboard.press('Escape');
   await dialog.waitFor({ state: 'hidden' });
   assert.equal(await page.evaluate(() => document.activeElement?.getAttribute('aria-label') ?? document.activeElement?.textContent), await add.evaluate((b) => b.getAttribute('aria-label') ?? b.textContent), 'focus returns to the button that opened the modal');
+  // Add a key with the keyboard alone: open, type, Tab to Save, Enter.
+  const typed = canary('sk-proj-');
+  credentials.push(typed);
+  await page.keyboard.press('Enter');
+  await dialog.waitFor();
+  await dialog.getByLabel('API Key').focus();
+  await page.keyboard.type(typed);
+  let onSave = false;
+  for (let i = 0; i < 30 && !onSave; i += 1) {
+    await page.keyboard.press('Tab');
+    onSave = await page.evaluate(() => document.activeElement?.tagName === 'BUTTON' && document.activeElement.textContent?.trim() === 'Save');
+  }
+  assert.ok(onSave, 'Save is reachable with Tab');
+  await page.keyboard.press('Enter');
+  await dialog.waitFor({ state: 'hidden' });
+  await page.getByRole('group', { name: 'OpenAI Production' }).getByText(`****${typed.slice(-4)}`).first().waitFor();
   await screenshot(page, 'main-375');
   assert.deepEqual(await checkClean(page, context, seen, credentials, 'mobile'), []);
   await context.close();
@@ -269,4 +285,94 @@ test('with a Cognito configuration the page signs in through the hosted UI with 
     await sso.stop();
     await cognito.close();
   }
+});
+
+/** A dev token of the workspace, for set-up through the API. */
+async function apiToken(email, role, ws) {
+  const login = await fetch(`${gateway.url}/api/dev/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email, role, workspace: ws }),
+  });
+  return (await login.json()).token;
+}
+
+async function call(token, method, path, body) {
+  const answer = await fetch(`${gateway.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: answer.status, json: await answer.json().catch(() => null) };
+}
+
+test('quota bars show 80 % and 100 %, a stored key is tested and rolled back, and the audit log exports to CSV', async () => {
+  const ws = `${workspace}-quota`;
+  const original = canary('sk-proj-');
+  const next = canary('sk-proj-');
+  provider.accepted.add(original);
+  provider.accepted.add(next);
+  credentials.push(original, next);
+  const admin = await apiToken('set-up@ui.example.com', 'admin', ws);
+  assert.equal((await call(admin, 'POST', '/api/keys', { provider: 'openai', credentials: { api_key: original } })).status, 201);
+  assert.equal((await call(admin, 'PUT', '/api/quotas/openai', { environment: 'production', limits: { requests_per_day: 5 } })).status, 200);
+  const chat = async (n) => {
+    for (let i = 0; i < n; i += 1) await call(admin, 'POST', '/proxy/openai/chat/completions', { model: 'gpt-4o-mini', messages: [] });
+  };
+  await chat(4);
+
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  const seen = watch(page, gateway.url);
+  await page.goto(`${gateway.url}/`);
+  await page.getByLabel('Email').fill('ana@ui.example.com');
+  await page.getByLabel('Workspace').fill(ws);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+
+  await page.getByRole('tab', { name: 'Usage & quotas' }).click();
+  await page.getByLabel('Provider').first().selectOption('openai');
+  await page.getByRole('img', { name: /Requests today.*Warning: 80% or more used/ }).waitFor();
+  await chat(1);
+  // Switching the provider away and back reloads the view.
+  await page.getByLabel('Provider').first().selectOption('anthropic');
+  await page.getByLabel('Provider').first().selectOption('openai');
+  await page.getByRole('img', { name: /Requests today.*Limit reached/ }).waitFor();
+  await page.getByRole('tab', { name: 'Notifications' }).click();
+  const markRead = page.getByRole('button', { name: /^Mark as read: .*80/ });
+  await markRead.first().click();
+  await markRead.first().waitFor({ state: 'detached' });
+  assert.ok(await page.getByRole('button', { name: /^Mark as read: / }).count() >= 1, 'the 100 % notification is still unread');
+
+  // Test the stored key from its card, rotate it and roll the rotation back.
+  await page.getByRole('tab', { name: 'Keys' }).click();
+  await page.getByRole('tab', { name: 'LLM Providers' }).click();
+  const production = page.getByRole('region', { name: 'OpenAI' }).getByRole('group', { name: 'OpenAI Production' });
+  await production.getByRole('button', { name: 'Test OpenAI Production key' }).click();
+  await page.getByText('Connection works').first().waitFor();
+  await production.getByRole('button', { name: 'Rotate OpenAI Production key' }).click();
+  const rotate = page.getByRole('dialog', { name: 'Rotate key: OpenAI' });
+  await rotate.getByLabel('API Key').fill(next);
+  await rotate.getByRole('button', { name: 'Rotate', exact: true }).click();
+  await rotate.waitFor({ state: 'hidden' });
+  await production.getByText(`****${next.slice(-4)}`).first().waitFor();
+  await production.getByRole('button', { name: 'Roll back OpenAI Production key' }).click();
+  const confirmRollback = page.getByRole('alertdialog');
+  if (await confirmRollback.count()) await confirmRollback.getByRole('button', { name: /roll back/i }).click();
+  await production.getByText(`****${original.slice(-4)}`).first().waitFor();
+  const problems = await checkClean(page, context, seen, credentials, 'rolled-back');
+
+  // The audit log, exported as CSV.
+  await page.getByRole('tab', { name: 'Audit log' }).click();
+  await page.getByRole('region', { name: 'Audit entries' }).getByText('key.rollback').first().waitFor();
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export CSV' }).click()]);
+  const csv = readFileSync(await download.path(), 'utf8');
+  writeFileSync(join(uiOut, `audit-export-${process.pid}.csv`), csv);
+  const lines = csv.trim().split(/\r?\n/);
+  assert.match(lines[0], /action/);
+  for (const action of ['key.create', 'quota.update', 'quota.threshold', 'key.rotate.promote', 'key.rollback']) {
+    assert.ok(csv.includes(action), `the CSV has ${action}`);
+  }
+  assert.ok(!credentials.some((c) => csv.includes(c)), 'no credential in the export');
+  assert.deepEqual([...problems, ...(await checkClean(page, context, seen, credentials, 'exported'))], []);
+  await context.close();
 });

@@ -156,7 +156,7 @@ export function KeyFormModal(props: Props) {
                 {provider.name} API documentation
               </a>
               <a href={provider.key_url} target="_blank" rel="noopener noreferrer">
-                Get a {provider.name} API key
+                Get {/^[AEIOU]/i.test(provider.name) ? "an" : "a"} {provider.name} API key
               </a>
             </p>
           </div>
