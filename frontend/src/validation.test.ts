@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkCredentials, checkField, checkLabel, type CredentialFieldSpec } from './validation';
+import { checkCredentials, checkField, checkLabel, checkPolicy, policyInput, type CredentialFieldSpec } from './validation';
 
 const openaiKey: CredentialFieldSpec = {
   id: 'api_key',
@@ -118,5 +118,26 @@ describe('checkLabel', () => {
   it('accepts up to 100 characters after trimming', () => {
     expect(checkLabel('  ' + 'a'.repeat(100) + '  ')).toEqual([]);
     expect(checkLabel('a'.repeat(101))).toHaveLength(1);
+  });
+});
+
+describe('checkPolicy', () => {
+  const today = '2026-11-25';
+  it('sends only what is filled in, as the API takes it', () => {
+    expect(checkPolicy({ rotateEveryDays: '90', notifyBeforeDays: '', expiresOn: '' }, today)).toEqual({ errors: {}, policy: { rotate_every_days: 90 } });
+    expect(checkPolicy({ rotateEveryDays: '', notifyBeforeDays: '0', expiresOn: '2027-01-31' }, today).policy).toEqual({
+      notify_before_days: 0,
+      expires_at: '2027-01-31T00:00:00Z',
+    });
+    expect(checkPolicy({ rotateEveryDays: '', notifyBeforeDays: '', expiresOn: '' }, today)).toEqual({ errors: {}, policy: {} });
+  });
+  it('refuses what the server refuses', () => {
+    const { errors } = checkPolicy({ rotateEveryDays: '0', notifyBeforeDays: '4000', expiresOn: '2026-11-25' }, today);
+    expect(Object.keys(errors).sort()).toEqual(['expiresOn', 'notifyBeforeDays', 'rotateEveryDays']);
+    expect(checkPolicy({ rotateEveryDays: '1.5', notifyBeforeDays: '', expiresOn: '' }, today).errors.rotateEveryDays).toBeDefined();
+  });
+  it('shows a stored policy in the form', () => {
+    expect(policyInput({ rotate_every_days: 30, expires_at: '2027-02-01T00:00:00Z' })).toEqual({ rotateEveryDays: '30', notifyBeforeDays: '', expiresOn: '2027-02-01' });
+    expect(policyInput(undefined)).toEqual({ rotateEveryDays: '', notifyBeforeDays: '', expiresOn: '' });
   });
 });

@@ -5,6 +5,8 @@
 // WARNINGS never block: unexpected prefix, pattern mismatch, shorter than min_length.
 // The server re-checks everything; this only gives feedback while typing.
 
+import type { RotationPolicy } from './api';
+
 export const MAX_CREDENTIAL_BYTES = 4096;
 export const MAX_LABEL_CHARS = 100;
 
@@ -133,4 +135,49 @@ export function checkLabel(label: string): string[] {
   if (charLength(trimmed) > MAX_LABEL_CHARS) errors.push(`Label is longer than ${MAX_LABEL_CHARS} characters.`);
   if (CONTROL.test(trimmed)) errors.push('Label contains control characters.');
   return errors;
+}
+
+/** The rotation policy as typed in the form: numbers of days and an expiry date (`YYYY-MM-DD`). */
+export interface PolicyInput {
+  rotateEveryDays: string;
+  notifyBeforeDays: string;
+  expiresOn: string;
+}
+
+/** Checks the policy fields like the server does; `policy` is what to send (empty fields left out). */
+export function checkPolicy(input: PolicyInput, today: string): { errors: Partial<Record<keyof PolicyInput, string>>; policy: RotationPolicy } {
+  const errors: Partial<Record<keyof PolicyInput, string>> = {};
+  const policy: RotationPolicy = {};
+  const days = (value: string, min: number, key: keyof PolicyInput, label: string) => {
+    if (value.trim() === '') return undefined;
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > 3650) {
+      errors[key] = `${label} must be a whole number from ${min} to 3650.`;
+      return undefined;
+    }
+    return n;
+  };
+  const every = days(input.rotateEveryDays, 1, 'rotateEveryDays', 'Rotate every');
+  if (every !== undefined) policy.rotate_every_days = every;
+  const before = days(input.notifyBeforeDays, 0, 'notifyBeforeDays', 'Remind before');
+  if (before !== undefined) policy.notify_before_days = before;
+  if (input.expiresOn.trim() !== '') {
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(input.expiresOn) || Number.isNaN(Date.parse(`${input.expiresOn}T00:00:00Z`))) {
+      errors.expiresOn = 'Give the expiry as a date.';
+    } else if (input.expiresOn <= today) {
+      errors.expiresOn = 'The expiry date must be in the future.';
+    } else {
+      policy.expires_at = `${input.expiresOn}T00:00:00Z`;
+    }
+  }
+  return { errors, policy };
+}
+
+/** The form's values for a stored policy. */
+export function policyInput(policy: RotationPolicy | undefined): PolicyInput {
+  return {
+    rotateEveryDays: policy?.rotate_every_days != null ? String(policy.rotate_every_days) : '',
+    notifyBeforeDays: policy?.notify_before_days != null ? String(policy.notify_before_days) : '',
+    expiresOn: policy?.expires_at ? policy.expires_at.slice(0, 10) : '',
+  };
 }

@@ -108,13 +108,19 @@ test('a member of staff manages a key from sign-in to deletion', async () => {
   await screenshot(page, 'main');
   assert.deepEqual(await seriousViolations(page, 'main'), [], 'axe: the main page');
 
-  // Edit the label.
+  // Edit the label and the rotation policy.
   await production.getByRole('button', { name: 'Edit OpenAI Production key' }).click();
   const edit = page.getByRole('dialog', { name: 'Edit key: OpenAI' });
   await edit.getByLabel('Label').fill('Research team');
+  // A rotation policy: the card then shows when the rotation is due.
+  await edit.getByLabel('Rotate every (days)').fill('0');
+  await edit.getByText('whole number from 1').waitFor();
+  assert.equal(await edit.getByRole('button', { name: 'Save', exact: true }).isDisabled(), true, 'a bad policy blocks saving');
+  await edit.getByLabel('Rotate every (days)').fill('90');
   await edit.getByRole('button', { name: 'Save', exact: true }).click();
   await edit.waitFor({ state: 'hidden' });
   await production.getByText('Research team').waitFor();
+  await production.getByText('Rotation due').waitFor();
   await clean('edited');
 
   // Rotate to a new key: tested, promoted, the old one kept for a rollback.

@@ -1,7 +1,7 @@
 import { useMemo, useRef, useState } from 'preact/hooks';
 import { api, ApiError, type Environment, type KeyRecord, type Provider, type TestResult } from '../api';
 import { environmentLabel } from '../format';
-import { checkCredentials, checkLabel, type CredentialMode } from '../validation';
+import { checkCredentials, checkLabel, checkPolicy, policyInput, type CredentialMode, type PolicyInput } from '../validation';
 import { ProviderLogo } from './Logo';
 import { Modal } from './Modal';
 import { TestResultView } from './TestResultView';
@@ -32,6 +32,8 @@ export function KeyFormModal(props: Props) {
   const [touched, setTouched] = useState<Record<string, boolean>>({});
   const [label, setLabel] = useState(mode === 'create' ? '' : (record?.label ?? ''));
   const [graceHours, setGraceHours] = useState('24');
+  const storedPolicy = policyInput(mode === 'create' ? undefined : record?.policy);
+  const [policy, setPolicy] = useState<PolicyInput>(storedPolicy);
   const [error, setError] = useState<{ message: string; field?: string } | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
   const [warnings, setWarnings] = useState<string[]>([]);
@@ -46,7 +48,10 @@ export function KeyFormModal(props: Props) {
   const graceValid = mode !== 'rotate' || (graceHours.trim() !== '' && Number.isInteger(graceNumber) && graceNumber >= 0 && graceNumber <= 720);
   const labelRequired = mode === 'edit';
   const labelOk = labelErrors.length === 0 && (!labelRequired || label.trim() !== '');
-  const canSave = check.valid && labelOk && graceValid && (mode !== 'rotate' || check.anyValue) && busy === null;
+  const policyCheck = checkPolicy(policy, new Date().toISOString().slice(0, 10));
+  const policyOk = mode === 'rotate' || Object.keys(policyCheck.errors).length === 0;
+  const policyChanged = JSON.stringify(policy) !== JSON.stringify(storedPolicy);
+  const canSave = check.valid && labelOk && graceValid && policyOk && (mode !== 'rotate' || check.anyValue) && busy === null;
   const allRequiredTyped = provider.fields.every((f) => !f.required || (values[f.id] ?? '') !== '');
   const canTestCandidate = check.valid && allRequiredTyped && check.anyValue;
   const canTestStored = mode === 'edit' && !check.anyValue && !!record;
@@ -101,12 +106,14 @@ export function KeyFormModal(props: Props) {
     try {
       let saved: KeyRecord;
       if (mode === 'create') {
-        ({ data: saved } = await api.createKey({ provider: provider.id, environment, label: label.trim(), credentials: typedCredentials() }));
+        const rotation_policy = policyChanged ? policyCheck.policy : undefined;
+        ({ data: saved } = await api.createKey({ provider: provider.id, environment, label: label.trim(), credentials: typedCredentials(), rotation_policy }));
       } else if (mode === 'edit') {
         const body: Parameters<typeof api.updateKey>[1] = {};
         if (label.trim() !== record!.label) body.label = label.trim();
         if (environment !== record!.environment) body.environment = environment;
         if (check.anyValue) body.credentials = typedCredentials();
+        if (policyChanged) body.rotation_policy = policyCheck.policy;
         ({ data: saved } = await api.updateKey(record!.id, body, `"${record!.version}"`));
       } else {
         attemptKey.current ??= crypto.randomUUID();
@@ -118,6 +125,7 @@ export function KeyFormModal(props: Props) {
       onSaved(saved, keepOpen);
       if (keepOpen) {
         setLabel('');
+        setPolicy(policyInput(undefined));
         setWarnings(savedWarnings);
         setNotice(`Saved ${provider.name} (${environmentLabel(saved.environment)}). The key will not be shown again. Add the next one.`);
         const taken = new Set([...existing, saved].filter((k) => k.provider === provider.id).map((k) => k.environment));
@@ -281,6 +289,32 @@ export function KeyFormModal(props: Props) {
               </p>
             )}
           </div>
+        )}
+
+        {mode !== 'rotate' && (
+          <fieldset class="policy">
+            <legend>Rotation policy (optional)</legend>
+            {(
+              [
+                ['rotateEveryDays', 'Rotate every (days)', 'number'],
+                ['notifyBeforeDays', 'Remind before (days, default 7)', 'number'],
+                ['expiresOn', 'Expires at the provider on', 'date'],
+              ] as const
+            ).map(([key, text, type]) => (
+              <div class="field" key={key}>
+                <label for={`kf-${key}`}>{text}</label>
+                <input id={`kf-${key}`} type={type} inputMode={type === 'number' ? 'numeric' : undefined} min={type === 'number' ? 0 : undefined}
+                  value={policy[key]} aria-invalid={policyCheck.errors[key] || error?.field?.startsWith('rotation_policy') ? true : undefined}
+                  aria-describedby={policyCheck.errors[key] ? `kf-${key}-error` : undefined}
+                  onInput={(e) => setPolicy((old) => ({ ...old, [key]: e.currentTarget.value }))} />
+                {policyCheck.errors[key] && (
+                  <p class="error-text" id={`kf-${key}-error`}>
+                    {policyCheck.errors[key]}
+                  </p>
+                )}
+              </div>
+            ))}
+          </fieldset>
         )}
 
         {mode === 'rotate' && (
