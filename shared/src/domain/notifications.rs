@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::environment::Environment;
+use super::keys::KeyRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -83,4 +84,22 @@ pub struct Notification {
     /// requests_per_day:2026-11-25:80`), so a retried or concurrent writer cannot notify twice.
     #[serde(skip)]
     pub dedupe_key: String,
+}
+
+impl Notification {
+    /// A new notification about a key, for the key's workspace.
+    pub fn about(record: &KeyRecord, kind: NotificationKind, message: String, dedupe_key: String, now: DateTime<Utc>) -> Notification {
+        Notification {
+            id: uuid::Uuid::now_v7().to_string(),
+            workspace: record.workspace.clone(),
+            kind,
+            provider: record.provider.clone(),
+            environment: record.environment,
+            key_id: Some(record.id.clone()),
+            message,
+            created_at: now,
+            read_at: None,
+            dedupe_key,
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::domain::catalog::{Catalog, Provider, TestOutcome};
 use crate::domain::environment::Environment;
 use crate::domain::keys::{Actor, IfMatch, KeyRecord, KeyStatus, Revocation, TestResult};
 use crate::domain::masking::mask;
-use crate::domain::notifications::{Notification, NotificationKind};
+use crate::domain::notifications::NotificationKind;
 use crate::domain::rotation::RotationPolicy;
 use crate::domain::secret::{Credentials, KeyMaterial};
 use crate::domain::validation::{FormatWarning, check_credentials, check_label};
@@ -111,6 +111,18 @@ fn check_policy(policy: &RotationPolicy, now: chrono::DateTime<chrono::Utc>) -> 
         message,
         field: Some(field.into()),
     })
+}
+
+/// A store error of an edit as the caller sees it: a lost race is `412` when the caller named a
+/// version with If-Match, else a `409 concurrent_update` (no precondition was asked for).
+pub(super) fn edit_conflict(e: crate::ports::StoreError, if_match: Option<IfMatch>) -> ServiceError {
+    match (e, if_match) {
+        (crate::ports::StoreError::VersionMismatch, None) => ServiceError::Conflict {
+            code: "concurrent_update",
+            message: "the key was changed by someone else at the same time; reload it and try again".into(),
+        },
+        (e, _) => e.into(),
+    }
 }
 
 /// The answer while a rotation is pending and the caller is not the one resuming it.
@@ -349,14 +361,7 @@ impl KeyService {
             .fingerprint(&record.fingerprint)
             .detail(format!("changed: {}", changed.join(",")));
         let material = sealed.as_ref().map_or(MaterialChange::Keep, MaterialChange::Replace);
-        self.store.update(&record, current.version, material, draft).await.map_err(|e| match (e, if_match) {
-            // Without If-Match the caller did not ask for a precondition: a lost race is a conflict.
-            (crate::ports::StoreError::VersionMismatch, None) => ServiceError::Conflict {
-                code: "concurrent_update",
-                message: "the key was changed by someone else at the same time; reload it and try again".into(),
-            },
-            (e, _) => e.into(),
-        })?;
+        self.store.update(&record, current.version, material, draft).await.map_err(|e| edit_conflict(e, if_match))?;
         if sealed.is_some() || record.environment != current.environment {
             self.forget_in_proxy(&current.workspace, id, &provider.id).await;
         }
@@ -427,13 +432,7 @@ impl KeyService {
             .target(&provider.id, record.environment, Some(id))
             .fingerprint(&record.fingerprint)
             .detail(format!("reason: {}", reason.chars().take(200).collect::<String>()));
-        self.store.revoke(&record, current.version, draft).await.map_err(|e| match (e, if_match) {
-            (crate::ports::StoreError::VersionMismatch, None) => ServiceError::Conflict {
-                code: "concurrent_update",
-                message: "the key was changed by someone else at the same time; reload it and try again".into(),
-            },
-            (e, _) => e.into(),
-        })?;
+        self.store.revoke(&record, current.version, draft).await.map_err(|e| edit_conflict(e, if_match))?;
         self.forget_in_proxy(&current.workspace, id, &provider.id).await;
         let record = if released.is_none() {
             match self.release_revoked(caller, meta, &record).await {
@@ -447,28 +446,10 @@ impl KeyService {
         } else {
             record
         };
-        let notification = Notification {
-            id: uuid::Uuid::now_v7().to_string(),
-            workspace: current.workspace.clone(),
-            kind: NotificationKind::KeyRevoked,
-            provider: provider.id.clone(),
-            environment: record.environment,
-            key_id: Some(id.to_owned()),
-            message: format!(
-                "{} revoked the {} {} key \"{}\": {reason}",
-                caller.email,
-                provider.name,
-                record.environment.as_str(),
-                record.label
-            ),
-            created_at: now,
-            read_at: None,
-            dedupe_key: format!("key_revoked:{id}"),
-        };
+        let message =
+            format!("{} revoked the {} {} key \"{}\": {reason}", caller.email, provider.name, record.environment.as_str(), record.label);
         // The revocation has committed and is audited; a lost notification is logged, not fatal.
-        if let Err(e) = self.notifications.notify(&notification, None).await {
-            tracing::warn!(key_id = %id, error = %e, "revocation notification failed");
-        }
+        self.tell(&record, NotificationKind::KeyRevoked, message, format!("key_revoked:{id}")).await;
         tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key revoked");
         Ok(record)
     }
@@ -523,26 +504,36 @@ impl KeyService {
         if current.status == KeyStatus::Revoked {
             return Err(ServiceError::Conflict { code: "key_revoked", message: "a revoked key has no material to test".into() });
         }
-        let material = self.store.material(&caller.workspace, id, current.key_version).await?.ok_or_else(|| ServiceError::Internal {
-            code: "key_material_missing",
-            message: "the key's material is missing; save the key again".into(),
-        })?;
-        let binding = Binding { workspace: &current.workspace, key_id: &current.id, version: current.key_version };
-        let credentials = self.vault.open(binding, &material).await?;
-        let mut result = run_test(self.upstream.as_ref(), &self.upstreams, provider, current.environment, &credentials).await;
+        let (result, _) = self.verify(caller, meta, &current, provider, "test").await?;
+        Ok(result)
+    }
+
+    /// Tests a stored key's current version with the provider's test request and records the
+    /// result with its audit entry (`<label>: <outcome>`); a refused key becomes `invalid`. Returns
+    /// the result and the status recorded.
+    pub(super) async fn verify(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        record: &KeyRecord,
+        provider: &Provider,
+        label: &str,
+    ) -> Result<(TestResult, KeyStatus), ServiceError> {
+        let credentials = self.open_version(record, record.key_version).await?;
+        let mut result = run_test(self.upstream.as_ref(), &self.upstreams, provider, record.environment, &credentials).await;
         drop(credentials);
         result.tested_at = self.clock.now();
         let status = match result.status {
             TestOutcome::Valid => KeyStatus::Active,
             TestOutcome::Invalid => KeyStatus::Invalid,
-            _ => current.status,
+            _ => record.status,
         };
         let draft = AuditDraft::new(caller, meta, action::KEY_TEST, if result.ok { Outcome::Success } else { Outcome::Failure })
-            .target(&provider.id, current.environment, Some(id))
-            .fingerprint(&current.fingerprint)
-            .detail(format!("test: {}", result.status.as_str()));
-        self.store.record_test(&caller.workspace, id, &result, status, draft).await?;
-        Ok(result)
+            .target(&provider.id, record.environment, Some(&record.id))
+            .fingerprint(&record.fingerprint)
+            .detail(format!("{label}: {}", result.status.as_str()));
+        self.store.record_test(&record.workspace, &record.id, &result, status, draft).await?;
+        Ok((result, status))
     }
 
     /// Tests credentials before they are saved; nothing is stored but the audit entry.

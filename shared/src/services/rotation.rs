@@ -23,7 +23,7 @@ use crate::ports::{Binding, MaterialChange, StoreError, VersionLabels};
 
 use super::ServiceError;
 use super::connection_test::run_test;
-use super::keys::{KeyService, rotation_in_progress};
+use super::keys::{KeyService, edit_conflict, rotation_in_progress};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,14 +59,10 @@ fn test_failed(test: Option<&TestResult>) -> ServiceError {
     }
 }
 
+/// Steps after the first: the caller's If-Match was checked when the rotation began, so a lost
+/// race here is always a conflict.
 fn lost_race(e: StoreError) -> ServiceError {
-    match e {
-        StoreError::VersionMismatch => ServiceError::Conflict {
-            code: "concurrent_update",
-            message: "the key was changed by someone else during the rotation; reload it and try again".into(),
-        },
-        e => e.into(),
-    }
+    edit_conflict(e, None)
 }
 
 impl KeyService {
@@ -413,10 +409,7 @@ impl KeyService {
             .fingerprint(&record.fingerprint)
             .detail(format!("version {} current again, version {} removed", previous.key_version, current.key_version));
         let keep = [previous.key_version];
-        self.store.update(&record, current.version, MaterialChange::Retain(&keep), draft).await.map_err(|e| match (e, if_match) {
-            (StoreError::VersionMismatch, Some(_)) => StoreError::VersionMismatch.into(),
-            (e, _) => lost_race(e),
-        })?;
+        self.store.update(&record, current.version, MaterialChange::Retain(&keep), draft).await.map_err(|e| edit_conflict(e, if_match))?;
         self.forget_in_proxy(&record.workspace, id, &provider.id).await;
         self.sync_labels(&record).await;
         let message = format!(
@@ -500,18 +493,7 @@ impl KeyService {
 
     /// Notifies the workspace; a lost notification is logged (the change it reports committed).
     pub(super) async fn tell(&self, record: &KeyRecord, kind: NotificationKind, message: String, dedupe_key: String) {
-        let notification = Notification {
-            id: uuid::Uuid::now_v7().to_string(),
-            workspace: record.workspace.clone(),
-            kind,
-            provider: record.provider.clone(),
-            environment: record.environment,
-            key_id: Some(record.id.clone()),
-            message,
-            created_at: self.clock.now(),
-            read_at: None,
-            dedupe_key,
-        };
+        let notification = Notification::about(record, kind, message, dedupe_key, self.clock.now());
         if let Err(e) = self.notifications.notify(&notification, None).await {
             tracing::warn!(key_id = %record.id, kind = kind.as_str(), error = %e, "notification failed");
         }

@@ -12,14 +12,13 @@ use utoipa::ToSchema;
 
 use crate::domain::access::{Caller, RequestMeta, Role};
 use crate::domain::audit::{AuditDraft, Outcome, action};
-use crate::domain::catalog::{Provider, TestOutcome};
+use crate::domain::catalog::Provider;
 use crate::domain::keys::{KeyRecord, KeyStatus};
 use crate::domain::notifications::{Notification, NotificationKind};
 use crate::domain::rotation::{PENDING_LIMIT_MINUTES, ReminderKind, RotationOutcome, reminders, verification_due};
 use crate::ports::{JobLeases, LeaseError, Page};
 
 use super::ServiceError;
-use super::connection_test::run_test;
 use super::keys::KeyService;
 
 /// The lease every run takes, whatever its scope: a workspace run and a full run never overlap.
@@ -212,18 +211,7 @@ impl Scheduler<'_> {
                 }
                 ReminderKind::Expired => (NotificationKind::KeyExpired, format!("{what} expired at the provider on {when}; rotate it")),
             };
-            let notification = Notification {
-                id: uuid::Uuid::now_v7().to_string(),
-                workspace: record.workspace.clone(),
-                kind,
-                provider: record.provider.clone(),
-                environment: record.environment,
-                key_id: Some(record.id.clone()),
-                message,
-                created_at: now,
-                read_at: None,
-                dedupe_key: reminder.dedupe_key.clone(),
-            };
+            let notification = Notification::about(record, kind, message, reminder.dedupe_key, now);
             let audit = AuditDraft::new(caller, meta, action::KEY_REMINDER, Outcome::Success)
                 .target(&record.provider, record.environment, Some(&record.id))
                 .detail(format!("reminder: {}", kind.as_str()));
@@ -237,20 +225,7 @@ impl Scheduler<'_> {
     /// Tests the key with the provider's test request and records the result; a refused key is
     /// marked invalid and the workspace told. Returns whether it was marked invalid.
     async fn verify(&self, record: &KeyRecord, provider: &Provider, caller: &Caller, meta: &RequestMeta) -> Result<bool, ServiceError> {
-        let credentials = self.keys.open_version(record, record.key_version).await?;
-        let mut result = run_test(self.keys.upstream.as_ref(), &self.keys.upstreams, provider, record.environment, &credentials).await;
-        drop(credentials);
-        result.tested_at = self.keys.clock.now();
-        let status = match result.status {
-            TestOutcome::Valid => KeyStatus::Active,
-            TestOutcome::Invalid => KeyStatus::Invalid,
-            _ => record.status,
-        };
-        let draft = AuditDraft::new(caller, meta, action::KEY_TEST, if result.ok { Outcome::Success } else { Outcome::Failure })
-            .target(&record.provider, record.environment, Some(&record.id))
-            .fingerprint(&record.fingerprint)
-            .detail(format!("scheduled test: {}", result.status.as_str()));
-        self.keys.store.record_test(&record.workspace, &record.id, &result, status, draft).await?;
+        let (result, status) = self.keys.verify(caller, meta, record, provider, "scheduled test").await?;
         if status != KeyStatus::Invalid {
             return Ok(false);
         }
