@@ -22,7 +22,7 @@ describe('pkce', () => {
       response_type: 'code',
       client_id: 'abc123',
       redirect_uri: 'https://keys.example.com/',
-      scope: 'openid email profile',
+      scope: 'openid email stockpulse-keys/api',
       state: 'state-1',
       code_challenge: 'challenge',
       code_challenge_method: 'S256',

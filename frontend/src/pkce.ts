@@ -42,12 +42,16 @@ export async function challengeOf(verifier: string): Promise<string> {
   return base64Url(new Uint8Array(digest));
 }
 
+/** The deployment's routes require `stockpulse-keys/api` (template.yaml, ApiResourceServer): an
+ * access token without it is refused, and so is any ID token. */
+export const DEFAULT_SCOPES = ['openid', 'email', 'stockpulse-keys/api'];
+
 export function authorizeUrl(settings: CognitoSettings, challenge: string, state: string): string {
   const params = new URLSearchParams({
     response_type: 'code',
     client_id: settings.client_id,
     redirect_uri: settings.redirect_uri,
-    scope: (settings.scopes ?? ['openid', 'email', 'profile']).join(' '),
+    scope: (settings.scopes ?? DEFAULT_SCOPES).join(' '),
     state,
     code_challenge: challenge,
     code_challenge_method: 'S256',

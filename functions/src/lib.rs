@@ -31,3 +31,15 @@ pub async fn run_scheduler() -> Result<(), Error> {
     }))
     .await
 }
+
+/// Runs the Cognito pre-token-generation trigger: no storage and no AWS client, only the event.
+/// A refused event fails the invocation, and Cognito then refuses the sign-in.
+pub async fn run_token_claims() -> Result<(), Error> {
+    use lambda_http::lambda_runtime::{self, LambdaEvent};
+    use stockpulse_shared::adapters::aws::token_claims::add_access_token_claims;
+    stockpulse_shared::telemetry::init(stockpulse_shared::config::LogFormat::Json);
+    lambda_runtime::run(lambda_runtime::service_fn(|event: LambdaEvent<serde_json::Value>| async move {
+        add_access_token_claims(event.payload).map_err(|e| Error::from(e.to_string()))
+    }))
+    .await
+}

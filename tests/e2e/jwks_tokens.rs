@@ -1,6 +1,8 @@
 //! With an issuer's JWKS configured (a Cognito user pool, say), the gateway verifies RS256
 //! tokens against it: issuer, audience, expiry and key id are all checked, and HS256 tokens
-//! (algorithm confusion) are refused.
+//! (algorithm confusion) are refused. With the deployment's scope required, Cognito access tokens
+//! (audience in `client_id`, the scope in `scope`) pass and ID tokens do not, as behind API
+//! Gateway's JWT authorizer.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -24,8 +26,7 @@ fn rs256(claims: &Value, kid: &str) -> String {
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
-#[tokio::test]
-async fn rs256_tokens_from_the_configured_issuer_are_accepted_and_nothing_else() {
+async fn issuer() -> MockServer {
     let issuer = MockServer::start().await;
     let jwks: Value = serde_json::from_str(&read_workspace_file("tests/fixtures/jwks-test.json")).unwrap();
     Mock::given(method("GET"))
@@ -33,6 +34,12 @@ async fn rs256_tokens_from_the_configured_issuer_are_accepted_and_nothing_else()
         .respond_with(ResponseTemplate::new(200).set_body_json(jwks))
         .mount(&issuer)
         .await;
+    issuer
+}
+
+#[tokio::test]
+async fn rs256_tokens_from_the_configured_issuer_are_accepted_and_nothing_else() {
+    let issuer = issuer().await;
     let server = TestServer::start_with(ServerOptions {
         jwks: Some((format!("{}/.well-known/jwks.json", issuer.uri()), ISSUER.to_owned(), AUDIENCE.to_owned())),
         ..Default::default()
@@ -65,4 +72,49 @@ async fn rs256_tokens_from_the_configured_issuer_are_accepted_and_nothing_else()
 
     let login = server.client.post_json("/api/dev/login", None, &json!({"email": "a@b.c", "role": "admin", "workspace": "w"})).await;
     assert_eq!((login.status, login.code()), (404, "dev_login_unavailable"), "no local tokens while an issuer is configured");
+}
+
+/// A Cognito access token as the pre-token-generation trigger (token-claims) completes it.
+fn access_token_claims(workspace: Option<&str>, client_id: &str, scope: &str) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = json!({"sub": "cognito-user-2", "cognito:groups": ["admin"], "iss": ISSUER, "client_id": client_id,
+                            "token_use": "access", "scope": scope, "username": "cognito-user-2", "iat": now, "exp": now + 600,
+                            "email": "bo@example.com"});
+    if let Some(workspace) = workspace {
+        claims["custom:workspace"] = json!(workspace);
+    }
+    claims
+}
+
+#[tokio::test]
+async fn with_the_api_scope_required_access_tokens_pass_and_id_tokens_do_not() {
+    let issuer = issuer().await;
+    let server = TestServer::start_with(ServerOptions {
+        jwks: Some((format!("{}/.well-known/jwks.json", issuer.uri()), ISSUER.to_owned(), AUDIENCE.to_owned())),
+        jwt_scope: Some("stockpulse-keys/api".to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let scopes = "openid email stockpulse-keys/api";
+
+    let access = rs256(&access_token_claims(Some("ws-scope"), AUDIENCE, scopes), "test-key-1");
+    let answer = server.client.get("/api/keys", Some(&access)).await;
+    assert_eq!(answer.status, 200, "an access token of the app client with the API scope: {}", answer.text);
+
+    let id_token = rs256(&claims("ws-scope"), "test-key-1");
+    let answer = server.client.get("/api/keys", Some(&id_token)).await;
+    assert_eq!((answer.status, answer.code()), (403, "insufficient_scope"), "an ID token has no scope: {}", answer.text);
+
+    let without_scope = rs256(&access_token_claims(Some("ws-scope"), AUDIENCE, "openid email"), "test-key-1");
+    let answer = server.client.get("/api/keys", Some(&without_scope)).await;
+    assert_eq!((answer.status, answer.code()), (403, "insufficient_scope"), "{}", answer.text);
+
+    let other_client = rs256(&access_token_claims(Some("ws-scope"), "another-client", scopes), "test-key-1");
+    let answer = server.client.get("/api/keys", Some(&other_client)).await;
+    assert_eq!((answer.status, answer.code()), (401, "invalid_token"), "client_id of another app: {}", answer.text);
+
+    // A user the trigger found no workspace for: verified, but the API refuses them.
+    let no_workspace = rs256(&access_token_claims(None, AUDIENCE, scopes), "test-key-1");
+    let answer = server.client.get("/api/keys", Some(&no_workspace)).await;
+    assert_eq!((answer.status, answer.code()), (403, "no_workspace"), "{}", answer.text);
 }

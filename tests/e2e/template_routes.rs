@@ -9,7 +9,7 @@ use stockpulse_shared::http::routes::{Access, EVENT_FUNCTIONS, ROUTES, functions
 
 const TEMPLATE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
 
-/// One `HttpApi` event: (function binary, METHOD, path, is public).
+/// One route of the HTTP API: (function binary, METHOD, path, is public).
 type RouteKey = (String, String, String, bool);
 
 fn template() -> Value {
@@ -21,14 +21,26 @@ fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(value, |v, key| v.get(*key)).and_then(Value::as_str)
 }
 
-/// Every `AWS::Serverless::Function` resource: (logical id, resource).
-fn serverless_functions(template: &Value) -> Vec<(String, &Value)> {
-    let resources = template.get("Resources").and_then(Value::as_mapping).expect("template.yaml has no Resources mapping");
-    resources
+fn resources(template: &Value) -> &serde_yaml::Mapping {
+    template.get("Resources").and_then(Value::as_mapping).expect("template.yaml has no Resources mapping")
+}
+
+/// Every resource of a type: (logical id, resource).
+fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
+    resources(template)
         .iter()
-        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some("AWS::Serverless::Function"))
+        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(kind))
         .map(|(id, r)| (id.as_str().unwrap_or("?").to_owned(), r))
         .collect()
+}
+
+fn resource<'a>(template: &'a Value, id: &str) -> Option<&'a Value> {
+    resources(template).get(id)
+}
+
+/// Every `AWS::Serverless::Function` resource: (logical id, resource).
+fn serverless_functions(template: &Value) -> Vec<(String, &Value)> {
+    of_type(template, "AWS::Serverless::Function")
 }
 
 fn binary_of(id: &str, function: &Value) -> String {
@@ -37,41 +49,81 @@ fn binary_of(id: &str, function: &Value) -> String {
         .to_owned()
 }
 
-/// Every `HttpApi` event of every function, in template order (duplicates kept).
-fn template_routes(template: &Value) -> Vec<RouteKey> {
-    http_api_events(template).into_iter().map(|e| e.route).collect()
+/// `{Ref: X}` → X.
+fn ref_of(value: Option<&Value>) -> Option<&str> {
+    value.and_then(|v| v.get("Ref")).and_then(Value::as_str)
 }
 
-struct HttpApiEvent {
-    /// `FunctionLogicalId.Events.EventName`, for messages.
-    at: String,
-    route: RouteKey,
-    /// `ApiId: {Ref: <this>}`.
-    api_ref: Option<String>,
+/// The function binary a route's `Target: {Fn::Sub: integrations/${X}}` reaches, checking each
+/// hop (an AWS_PROXY integration of payload 2.0 on the same API, invoking a function's ARN).
+fn route_target(template: &Value, at: &str, route: &Value, problems: &mut Vec<String>) -> Option<String> {
+    let target = str_at(route, &["Properties", "Target", "Fn::Sub"]);
+    let Some(integration_id) = target.and_then(|t| t.strip_prefix("integrations/${")).and_then(|t| t.strip_suffix('}')) else {
+        problems.push(format!("{at}: Target is not {{Fn::Sub: integrations/${{<Integration>}}}}: {target:?}"));
+        return None;
+    };
+    let Some(integration) = resource(template, integration_id) else {
+        problems.push(format!("{at}: its integration {integration_id} does not exist"));
+        return None;
+    };
+    let props = integration.get("Properties");
+    let field = |name: &str| props.and_then(|p| p.get(name));
+    if integration.get("Type").and_then(Value::as_str) != Some("AWS::ApiGatewayV2::Integration")
+        || field("IntegrationType").and_then(Value::as_str) != Some("AWS_PROXY")
+        || field("PayloadFormatVersion").and_then(Value::as_str) != Some("2.0")
+        || ref_of(field("ApiId")) != Some("HttpApi")
+    {
+        problems.push(format!("{integration_id}: must be an AWS_PROXY ApiGatewayV2 integration of payload 2.0 on HttpApi"));
+    }
+    let function_id = field("IntegrationUri").and_then(|u| u.get("Fn::GetAtt")).and_then(Value::as_sequence).and_then(|s| {
+        match (s.first().and_then(Value::as_str), s.get(1).and_then(Value::as_str)) {
+            (Some(id), Some("Arn")) => Some(id),
+            _ => None,
+        }
+    });
+    let Some(function) = function_id.and_then(|id| resource(template, id)) else {
+        problems.push(format!("{integration_id}: IntegrationUri is not {{Fn::GetAtt: [<Function>, Arn]}} of a resource here"));
+        return None;
+    };
+    Some(binary_of(function_id.unwrap_or("?"), function))
 }
 
-fn http_api_events(template: &Value) -> Vec<HttpApiEvent> {
-    let mut out = Vec::new();
-    for (id, function) in serverless_functions(template) {
-        let binary = binary_of(&id, function);
-        let Some(events) = function.get("Properties").and_then(|p| p.get("Events")).and_then(Value::as_mapping) else { continue };
-        for (name, event) in events {
-            if event.get("Type").and_then(Value::as_str) != Some("HttpApi") {
+/// Every route of the template, in template order (duplicates kept), and what is wrong with any.
+fn template_routes(template: &Value) -> (Vec<RouteKey>, Vec<String>) {
+    let mut routes = Vec::new();
+    let mut problems = Vec::new();
+    for (id, route) in of_type(template, "AWS::ApiGatewayV2::Route") {
+        let props = route.get("Properties");
+        let field = |name: &str| props.and_then(|p| p.get(name));
+        let Some((method, path)) = field("RouteKey").and_then(Value::as_str).and_then(|k| k.split_once(' ')) else {
+            problems.push(format!("{id}: RouteKey is not `METHOD /path`"));
+            continue;
+        };
+        if ref_of(field("ApiId")) != Some("HttpApi") {
+            problems.push(format!("{id}: not on {{Ref: HttpApi}}"));
+        }
+        let public = match field("AuthorizationType").and_then(Value::as_str) {
+            Some("NONE") => true,
+            Some("JWT") => {
+                if ref_of(field("AuthorizerId")) != Some("CognitoAuthorizer") {
+                    problems.push(format!("{id}: a JWT route must use {{Ref: CognitoAuthorizer}}"));
+                }
+                // Without a scope an ID token would pass; access tokens carry the API's scope.
+                if field("AuthorizationScopes").and_then(Value::as_sequence).is_none_or(|s| s.is_empty()) {
+                    problems.push(format!("{id}: a JWT route must require a scope (AuthorizationScopes), or ID tokens pass"));
+                }
+                false
+            }
+            other => {
+                problems.push(format!("{id}: AuthorizationType {other:?} is neither JWT nor NONE"));
                 continue;
             }
-            let name = name.as_str().unwrap_or("?");
-            let props = event.get("Properties").unwrap_or_else(|| panic!("{id}.Events.{name}: no Properties"));
-            let method = str_at(props, &["Method"]).unwrap_or_else(|| panic!("{id}.Events.{name}: no Method")).to_uppercase();
-            let path = str_at(props, &["Path"]).unwrap_or_else(|| panic!("{id}.Events.{name}: no Path")).to_owned();
-            let public = str_at(props, &["Auth", "Authorizer"]) == Some("NONE");
-            out.push(HttpApiEvent {
-                at: format!("{id}.Events.{name}"),
-                route: (binary.clone(), method, path, public),
-                api_ref: str_at(props, &["ApiId", "Ref"]).map(str::to_owned),
-            });
+        };
+        if let Some(binary) = route_target(template, &id, route, &mut problems) {
+            routes.push((binary, method.to_uppercase(), path.to_owned(), public));
         }
     }
-    out
+    (routes, problems)
 }
 
 fn table_routes() -> BTreeSet<RouteKey> {
@@ -92,27 +144,8 @@ fn describe(routes: &BTreeSet<&RouteKey>) -> String {
 fn template_declares_exactly_the_routes_of_the_route_table() {
     let template = template();
 
-    // "Not public" in the template only means "needs a token" if the API has a default authorizer.
-    let api = template.get("Resources").and_then(|r| r.get("HttpApi")).expect("template.yaml has no HttpApi resource");
-    assert_eq!(api.get("Type").and_then(Value::as_str), Some("AWS::Serverless::HttpApi"), "HttpApi must be an AWS::Serverless::HttpApi");
-    let default_authorizer = str_at(api, &["Properties", "Auth", "DefaultAuthorizer"]).expect("HttpApi has no Auth.DefaultAuthorizer");
-    assert_ne!(default_authorizer, "NONE", "HttpApi's default authorizer must not be NONE");
-    assert!(
-        api.get("Properties")
-            .and_then(|p| p.get("Auth"))
-            .and_then(|a| a.get("Authorizers"))
-            .and_then(|a| a.get(default_authorizer))
-            .is_some(),
-        "HttpApi's default authorizer {default_authorizer} is not declared under Auth.Authorizers"
-    );
-
-    // An event without `ApiId: {Ref: HttpApi}` would land on SAM's implicit API, which has no
-    // authorizer: every route must be on the one API declared above.
-    let elsewhere: Vec<String> =
-        http_api_events(&template).into_iter().filter(|e| e.api_ref.as_deref() != Some("HttpApi")).map(|e| e.at).collect();
-    assert!(elsewhere.is_empty(), "these events are not on {{ApiId: {{Ref: HttpApi}}}} (the API with the JWT authorizer): {elsewhere:?}");
-
-    let declared = template_routes(&template);
+    let (declared, problems) = template_routes(&template);
+    assert!(problems.is_empty(), "template.yaml routes are wrong:\n  {}", problems.join("\n  "));
     let mut seen = BTreeSet::new();
     let duplicates: Vec<String> = declared
         .iter()
@@ -136,6 +169,52 @@ fn template_declares_exactly_the_routes_of_the_route_table() {
 }
 
 #[test]
+fn the_api_verifies_cognito_access_tokens_and_may_invoke_only_its_functions() {
+    let template = template();
+    let authorizers = of_type(&template, "AWS::ApiGatewayV2::Authorizer");
+    let [(id, authorizer)] = authorizers.as_slice() else { panic!("template.yaml must have exactly one ApiGatewayV2 authorizer") };
+    assert_eq!(id, "CognitoAuthorizer");
+    let props = authorizer.get("Properties").expect("authorizer properties");
+    assert_eq!(str_at(props, &["AuthorizerType"]), Some("JWT"));
+    assert_eq!(ref_of(props.get("ApiId")), Some("HttpApi"));
+    let issuer = str_at(props, &["JwtConfiguration", "Issuer", "Fn::Sub"]).unwrap_or_default();
+    assert!(issuer.starts_with("https://cognito-idp.") && issuer.ends_with("/${UserPool}"), "the issuer must be the user pool: {issuer}");
+    let audience = props.get("JwtConfiguration").and_then(|j| j.get("Audience")).and_then(Value::as_sequence).cloned().unwrap_or_default();
+    assert_eq!(audience.len(), 1, "one audience: the web app's client");
+    assert_eq!(ref_of(audience.first()), Some("UserPoolClient"));
+
+    let stages = of_type(&template, "AWS::ApiGatewayV2::Stage");
+    assert!(
+        stages.iter().any(|(_, s)| str_at(s, &["Properties", "StageName"]) == Some("$default")),
+        "the API needs the $default stage, so that paths reach the functions as in the route table"
+    );
+
+    // Each HTTP function may be invoked by this API only, and every invocation permission names it.
+    let permissions = of_type(&template, "AWS::Lambda::Permission");
+    let mut names = functions();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let (function_id, _) = serverless_functions(&template)
+            .into_iter()
+            .find(|(id, f)| binary_of(id, f) == name)
+            .unwrap_or_else(|| panic!("no function for {name}"));
+        let invokers: Vec<&Value> = permissions
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| ref_of(p.get("Properties").and_then(|p| p.get("FunctionName"))) == Some(&function_id))
+            .collect();
+        assert!(!invokers.is_empty(), "{function_id} has no AWS::Lambda::Permission for API Gateway");
+        for permission in invokers {
+            let props = permission.get("Properties").unwrap();
+            assert_eq!(str_at(props, &["Principal"]), Some("apigateway.amazonaws.com"), "{function_id}: only API Gateway invokes it");
+            let source = str_at(props, &["SourceArn", "Fn::Sub"]).unwrap_or_default();
+            assert!(source.contains(":${HttpApi}/"), "{function_id}: the permission must be limited to this API (SourceArn): {source}");
+        }
+    }
+}
+
+#[test]
 fn template_has_one_rust_arm64_function_per_function_name() {
     let template = template();
     let globals = template.get("Globals").and_then(|g| g.get("Function"));
@@ -143,6 +222,7 @@ fn template_has_one_rust_arm64_function_per_function_name() {
     names.extend_from_slice(EVENT_FUNCTIONS);
     let mut count: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut roles = BTreeSet::new();
 
     for (id, function) in serverless_functions(&template) {
         let props = function.get("Properties");
@@ -165,6 +245,31 @@ fn template_has_one_rust_arm64_function_per_function_name() {
         let build_method = str_at(function, &["Metadata", "BuildMethod"]);
         if build_method != Some("rust-cargolambda") {
             problems.push(format!("{id}: Metadata.BuildMethod is {build_method:?}, not rust-cargolambda"));
+        }
+        // JSON logs into a log group of its own with a retention (Lambda's default group never expires).
+        if str_at(function, &["Properties", "LoggingConfig", "LogFormat"]) != Some("JSON") {
+            problems.push(format!("{id}: LoggingConfig.LogFormat is not JSON"));
+        }
+        match ref_of(props.and_then(|p| p.get("LoggingConfig")).and_then(|l| l.get("LogGroup"))).and_then(|g| resource(&template, g)) {
+            Some(group)
+                if group.get("Type").and_then(Value::as_str) == Some("AWS::Logs::LogGroup")
+                    && group.get("Properties").and_then(|p| p.get("RetentionInDays")).is_some() => {}
+            _ => problems.push(format!("{id}: LoggingConfig.LogGroup is not {{Ref: <a log group of the template with RetentionInDays>}}")),
+        }
+        // Its own role: least privilege is per function, so no two functions share one.
+        let role = props
+            .and_then(|p| p.get("Role"))
+            .and_then(|r| r.get("Fn::GetAtt"))
+            .and_then(Value::as_sequence)
+            .and_then(|s| s.first())
+            .and_then(Value::as_str);
+        match role {
+            Some(role) if resource(&template, role).and_then(|r| r.get("Type")).and_then(Value::as_str) == Some("AWS::IAM::Role") => {
+                if !roles.insert(role.to_owned()) {
+                    problems.push(format!("{id}: its role {role} is shared with another function"));
+                }
+            }
+            _ => problems.push(format!("{id}: Role is not {{Fn::GetAtt: [<an AWS::IAM::Role of the template>, Arn]}}")),
         }
         let binary = binary_of(&id, function);
         if !names.contains(&binary.as_str()) {
@@ -189,6 +294,7 @@ fn template_has_no_dev_only_route() {
     let local_only: BTreeSet<&str> =
         ROUTES.iter().filter(|r| r.dev_only || r.function.is_none()).map(|r| r.path).chain(["/api/dev/login"]).collect();
     let leaked: Vec<String> = template_routes(&template)
+        .0
         .into_iter()
         .filter(|(_, _, path, _)| local_only.contains(path.as_str()) || path.starts_with("/api/dev/"))
         .map(|(function, method, path, _)| format!("{method} {path} -> {function}"))

@@ -74,6 +74,8 @@ pub struct ServerOptions {
     pub no_dev: bool,
     /// Verify RS256 tokens from this JWKS URL, issuer and audience instead of local HS256 ones.
     pub jwks: Option<(String, String, String)>,
+    /// With `jwks`: the scope every token must carry (the deployment's `stockpulse-keys/api`).
+    pub jwt_scope: Option<String>,
     /// Run on the AWS backend (DynamoDB + KMS vault) against this moto server.
     pub aws: Option<AwsBackend>,
     /// The app's clock (tests move it instead of sleeping); the system clock if not given.
@@ -162,7 +164,9 @@ impl TestServer {
             Some(aws) => App::aws(&config, &moto::sdk_config(aws.endpoint()).await, clock).await.expect("app on the AWS backend"),
         };
         let tokens = match &options.jwks {
-            Some((url, issuer, audience)) => TokenVerifier::jwks(url, issuer, audience).await.expect("JWKS verifier"),
+            Some((url, issuer, audience)) => {
+                TokenVerifier::jwks(url, issuer, audience).await.expect("JWKS verifier").with_required_scope(options.jwt_scope.clone())
+            }
             None => TokenVerifier::local(&data_dir).expect("token verifier"),
         };
         let gateway = Arc::new(Gateway {

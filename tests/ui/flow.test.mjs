@@ -259,13 +259,15 @@ test('with a Cognito configuration the page signs in through the hosted UI with 
       STOCKPULSE_JWKS_URL: `${cognito.state.url}/.well-known/jwks.json`,
       STOCKPULSE_JWT_ISSUER: cognito.state.url,
       STOCKPULSE_JWT_AUDIENCE: clientId,
+      // As the deployment's routes: ID tokens (no scope) are refused.
+      STOCKPULSE_JWT_SCOPE: 'stockpulse-keys/api',
       STOCKPULSE_UI_CONNECT_SRC: cognito.state.url,
     },
     site,
   );
   cognito.state.redirectUri = `${sso.url}/`;
   cognito.state.appOrigin = sso.url;
-  writeFileSync(join(site, 'config.json'), JSON.stringify({ auth: 'cognito', cognito: { domain: cognito.state.url, client_id: clientId, redirect_uri: `${sso.url}/`, logout_uri: `${sso.url}/` } }));
+  writeFileSync(join(site, 'config.json'), JSON.stringify({ auth: 'cognito', cognito: { domain: cognito.state.url, client_id: clientId, redirect_uri: `${sso.url}/`, logout_uri: `${sso.url}/`, scopes: ['openid', 'email', 'stockpulse-keys/api'] } }));
   const context = await browser.newContext();
   const page = await context.newPage();
   const seen = watch(page, sso.url, [cognito.state.url]);

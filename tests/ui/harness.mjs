@@ -192,34 +192,39 @@ export async function fakeCognito({ clientId, email, role, workspace }) {
           return json(400, { error: 'invalid_request' });
         }
         const code = randomUUID();
-        codes.set(code, q.get('code_challenge'));
+        codes.set(code, { challenge: q.get('code_challenge'), scope: q.get('scope') ?? '' });
         res.writeHead(302, { location: `${state.redirectUri}?code=${code}&state=${encodeURIComponent(q.get('state'))}` });
         return res.end();
       }
       if (url.pathname === '/oauth2/token' && req.method === 'POST') {
         const form = new URLSearchParams(body);
-        const challenge = codes.get(form.get('code'));
+        const grant = codes.get(form.get('code'));
         codes.delete(form.get('code'));
-        const verified = challenge && createHash('sha256').update(form.get('code_verifier') ?? '').digest('base64url') === challenge;
+        const verified = grant && createHash('sha256').update(form.get('code_verifier') ?? '').digest('base64url') === grant.challenge;
         if (form.get('grant_type') !== 'authorization_code' || form.get('client_id') !== clientId || !verified) {
           state.refused.push('token');
           return json(400, { error: 'invalid_grant' });
         }
         state.tokensIssued += 1;
         const now = Math.floor(Date.now() / 1000);
+        const sub = randomUUID();
+        // As Cognito: the access token names the app in client_id (no aud) and carries the granted
+        // scopes; the workspace and email are there because the pre-token-generation trigger
+        // (token-claims) adds them. The ID token has aud and no scope.
         const access = sign({
-          sub: randomUUID(),
+          sub,
           email,
           'cognito:groups': [role],
           'custom:workspace': workspace,
           iss: state.url,
-          aud: clientId,
           client_id: clientId,
           token_use: 'access',
+          scope: grant.scope,
           iat: now,
           exp: now + 3600,
         });
-        return json(200, { access_token: access, id_token: access, token_type: 'Bearer', expires_in: 3600 });
+        const id = sign({ sub, email, 'cognito:groups': [role], 'custom:workspace': workspace, iss: state.url, aud: clientId, token_use: 'id', iat: now, exp: now + 3600 });
+        return json(200, { access_token: access, id_token: id, token_type: 'Bearer', expires_in: 3600 });
       }
       if (url.pathname === '/logout') {
         res.writeHead(302, { location: url.searchParams.get('logout_uri') });

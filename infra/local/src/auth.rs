@@ -2,8 +2,11 @@
 //!
 //! Locally issued tokens are HS256 with a secret generated on first run (`<data dir>/jwt.secret`,
 //! mode 0600). With `STOCKPULSE_JWKS_URL` set, tokens are RS256 from that issuer instead (for
-//! example a Cognito user pool), checked for issuer and audience. Claims are flattened to strings
-//! the way API Gateway passes them to a Lambda, then placed in the same request context.
+//! example a Cognito user pool), checked the way API Gateway's JWT authorizer checks them: issuer,
+//! audience (`aud`, or `client_id` when there is no `aud`, as in Cognito access tokens) and, with
+//! `STOCKPULSE_JWT_SCOPE`, a scope the token must carry (ID tokens carry none). Claims are
+//! flattened to strings the way API Gateway passes them to a Lambda, then placed in the same
+//! request context.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +33,8 @@ pub struct TokenVerifier {
     keys: Keys,
     issuer: String,
     audience: String,
+    /// Like a route's `AuthorizationScopes` in the template: the token's `scope` must include it.
+    required_scope: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,8 @@ pub enum TokenError {
     Malformed,
     #[error("the token's key id is unknown")]
     UnknownKey,
+    #[error("the token lacks the scope {0} (send the access token, not the ID token)")]
+    MissingScope(String),
 }
 
 impl TokenVerifier {
@@ -69,6 +76,7 @@ impl TokenVerifier {
             keys: Keys::Local { encoding: EncodingKey::from_secret(&*secret), decoding: DecodingKey::from_secret(&*secret) },
             issuer: LOCAL_ISSUER.to_owned(),
             audience: LOCAL_AUDIENCE.to_owned(),
+            required_scope: None,
         })
     }
 
@@ -85,7 +93,14 @@ impl TokenVerifier {
             .json()
             .await
             .map_err(|e| fail(e.without_url().to_string()))?;
-        Ok(TokenVerifier { keys: Keys::Jwks { set }, issuer: issuer.to_owned(), audience: audience.to_owned() })
+        Ok(TokenVerifier { keys: Keys::Jwks { set }, issuer: issuer.to_owned(), audience: audience.to_owned(), required_scope: None })
+    }
+
+    /// Refuses tokens whose `scope` lacks `scope` (the deployment's routes require
+    /// `stockpulse-keys/api`).
+    pub fn with_required_scope(mut self, scope: Option<String>) -> TokenVerifier {
+        self.required_scope = scope.filter(|s| !s.trim().is_empty());
+        self
     }
 
     pub fn can_mint(&self) -> bool {
@@ -127,11 +142,31 @@ impl TokenVerifier {
         }
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // The audience is checked below, API Gateway's way.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = 30;
         let data = decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| classify(e.kind()))?;
+        if !self.audience_matches(&data.claims) {
+            return Err(TokenError::WrongAudience);
+        }
+        if let Some(scope) = &self.required_scope {
+            let scopes = data.claims.get("scope").and_then(Value::as_str).unwrap_or("");
+            if !scopes.split_whitespace().any(|s| s == scope) {
+                return Err(TokenError::MissingScope(scope.clone()));
+            }
+        }
         Ok(flatten(data.claims))
+    }
+
+    /// API Gateway's rule: `aud` when the token has one, else `client_id` (Cognito access tokens).
+    fn audience_matches(&self, claims: &Map<String, Value>) -> bool {
+        match claims.get("aud") {
+            Some(Value::String(aud)) => *aud == self.audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(self.audience.as_str())),
+            Some(_) => false,
+            None => claims.get("client_id").and_then(Value::as_str) == Some(self.audience.as_str()),
+        }
     }
 }
 

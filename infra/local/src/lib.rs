@@ -28,7 +28,7 @@ use stockpulse_shared::http::Reply;
 use stockpulse_shared::http::envelope::{ApiError, error_response};
 use stockpulse_shared::http::routes::{Access, Operation, ROUTES, RouteMatch, match_route};
 
-use auth::TokenVerifier;
+use auth::{TokenError, TokenVerifier};
 
 /// Bodies above this never reach a handler (the proxy's limit, the Lambda payload limit).
 pub const MAX_GATEWAY_BODY: usize = 6 * 1024 * 1024;
@@ -99,6 +99,13 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
             let claims = match token.map(|t| gateway.tokens.verify(t)) {
                 None => {
                     return to_axum(error_response(&ApiError::unauthenticated("sign in: send Authorization: Bearer <token>"), &request_id));
+                }
+                // API Gateway too answers 403 to a valid token without the route's scope.
+                Some(Err(e @ TokenError::MissingScope(_))) => {
+                    return to_axum(error_response(
+                        &ApiError::new(StatusCode::FORBIDDEN, "insufficient_scope", e.to_string()),
+                        &request_id,
+                    ));
                 }
                 Some(Err(e)) => {
                     let error = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string());

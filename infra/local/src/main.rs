@@ -35,17 +35,21 @@ struct Args {
     /// Folder of the web UI; defaults to frontend/dist, or the placeholder page if it is not built.
     #[arg(long, env = "STOCKPULSE_STATIC_DIR")]
     static_dir: Option<PathBuf>,
-    /// Verify RS256 tokens from this JWKS instead of issuing local ones.
     /// Origins the web UI may call besides its own, space-separated (the Cognito domain of the
     /// sign-in, e.g. `https://example.auth.eu-west-1.amazoncognito.com`).
     #[arg(long, env = "STOCKPULSE_UI_CONNECT_SRC", value_delimiter = ' ', value_parser = parse_origin)]
     ui_connect_src: Vec<String>,
+    /// Verify RS256 tokens from this JWKS instead of issuing local ones.
     #[arg(long, env = "STOCKPULSE_JWKS_URL", requires_all = ["jwt_issuer", "jwt_audience"])]
     jwks_url: Option<String>,
     #[arg(long, env = "STOCKPULSE_JWT_ISSUER")]
     jwt_issuer: Option<String>,
+    /// The app client id (matched against `aud`, or `client_id` in Cognito access tokens).
     #[arg(long, env = "STOCKPULSE_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// A scope every token must carry, as the deployment's routes require (`stockpulse-keys/api`).
+    #[arg(long, env = "STOCKPULSE_JWT_SCOPE", requires = "jwks_url")]
+    jwt_scope: Option<String>,
 }
 
 #[tokio::main]
@@ -81,7 +85,9 @@ async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error
         return if report.ok { Ok(()) } else { Err(format!("workspace {workspace} is not consistent").into()) };
     }
     let tokens = match (&args.jwks_url, &args.jwt_issuer, &args.jwt_audience) {
-        (Some(url), Some(issuer), Some(audience)) => TokenVerifier::jwks(url, issuer, audience).await?,
+        (Some(url), Some(issuer), Some(audience)) => {
+            TokenVerifier::jwks(url, issuer, audience).await?.with_required_scope(args.jwt_scope.clone())
+        }
         _ => TokenVerifier::local(&config.data_dir)?,
     };
     let static_dir = args.static_dir.unwrap_or_else(|| {

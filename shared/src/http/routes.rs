@@ -62,9 +62,9 @@ use Access::{AtLeast, Public};
 use Operation::*;
 use Role::{Admin, Member, Viewer};
 
-/// Lambda functions started by an event other than an HTTP request (EventBridge): they serve no
-/// route, so `functions()` does not list them.
-pub const EVENT_FUNCTIONS: &[&str] = &["scheduler"];
+/// Lambda functions started by an event other than an HTTP request (the EventBridge schedule, the
+/// Cognito pre-token-generation trigger): they serve no route, so `functions()` does not list them.
+pub const EVENT_FUNCTIONS: &[&str] = &["scheduler", "token-claims"];
 
 pub const ROUTES: &[Route] = &[
     route("GET", "/api/providers", ProvidersList, AtLeast(Viewer), "providers-list"),

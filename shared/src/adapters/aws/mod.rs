@@ -9,6 +9,7 @@ pub mod dynamo_store;
 pub mod event_bus;
 pub mod kms_vault;
 pub mod secrets_manager_vault;
+pub mod token_claims;
 
 pub use dynamo_store::DynamoStore;
 pub use kms_vault::KmsVault;
