@@ -28,6 +28,7 @@ mod rotation_crash;
 mod scheduler;
 mod secrets_manager_labels;
 mod template_iam;
+mod template_site;
 mod template_routes;
 mod user_docs;
 mod vault_integrity;

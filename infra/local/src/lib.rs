@@ -8,6 +8,8 @@ pub mod auth;
 mod dev_login;
 mod static_files;
 
+pub use static_files::content_security_policy;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
