@@ -109,8 +109,13 @@ fn template_routes(template: &Value) -> (Vec<RouteKey>, Vec<String>) {
                     problems.push(format!("{id}: a JWT route must use {{Ref: CognitoAuthorizer}}"));
                 }
                 // Without a scope an ID token would pass; access tokens carry the API's scope.
-                if field("AuthorizationScopes").and_then(Value::as_sequence).is_none_or(|s| s.is_empty()) {
-                    problems.push(format!("{id}: a JWT route must require a scope (AuthorizationScopes), or ID tokens pass"));
+                let scopes: Vec<&str> =
+                    field("AuthorizationScopes").and_then(Value::as_sequence).into_iter().flatten().filter_map(Value::as_str).collect();
+                if scopes != [api_scope(template).as_str()] {
+                    problems.push(format!(
+                        "{id}: a JWT route must require the API scope {} (or ID tokens pass): {scopes:?}",
+                        api_scope(template)
+                    ));
                 }
                 false
             }
@@ -124,6 +129,16 @@ fn template_routes(template: &Value) -> (Vec<RouteKey>, Vec<String>) {
         }
     }
     (routes, problems)
+}
+
+/// `<identifier>/<scope>` of the user pool's one resource server, as Cognito writes it into tokens.
+fn api_scope(template: &Value) -> String {
+    let servers = of_type(template, "AWS::Cognito::UserPoolResourceServer");
+    let [(_, server)] = servers.as_slice() else { panic!("template.yaml must declare one Cognito resource server (the API's scope)") };
+    let identifier = str_at(server, &["Properties", "Identifier"]).expect("resource server Identifier");
+    let scopes = server.get("Properties").and_then(|p| p.get("Scopes")).and_then(Value::as_sequence).expect("resource server Scopes");
+    let [scope] = scopes.as_slice() else { panic!("the resource server has one scope") };
+    format!("{identifier}/{}", str_at(scope, &["ScopeName"]).expect("ScopeName"))
 }
 
 fn table_routes() -> BTreeSet<RouteKey> {
@@ -182,6 +197,20 @@ fn the_api_verifies_cognito_access_tokens_and_may_invoke_only_its_functions() {
     let audience = props.get("JwtConfiguration").and_then(|j| j.get("Audience")).and_then(Value::as_sequence).cloned().unwrap_or_default();
     assert_eq!(audience.len(), 1, "one audience: the web app's client");
     assert_eq!(ref_of(audience.first()), Some("UserPoolClient"));
+    // The web app's client may ask for the API scope (and so get access tokens that pass), and the
+    // web app asks for it (frontend/src/pkce.ts DEFAULT_SCOPES, and scripts/deploy's config.json).
+    let client = resource(&template, "UserPoolClient").expect("UserPoolClient");
+    let allowed: Vec<&str> = client
+        .get("Properties")
+        .and_then(|p| p.get("AllowedOAuthScopes"))
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(allowed.contains(&api_scope(&template).as_str()), "the app client must allow {}: {allowed:?}", api_scope(&template));
+    let frontend = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../frontend/src/pkce.ts")).expect("pkce.ts");
+    assert!(frontend.contains(&format!("'{}'", api_scope(&template))), "the web app must ask for {} by default", api_scope(&template));
 
     let stages = of_type(&template, "AWS::ApiGatewayV2::Stage");
     assert!(
