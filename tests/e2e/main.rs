@@ -16,6 +16,7 @@ mod crud;
 mod event_bus;
 mod gateway_process;
 mod jwks_tokens;
+mod lambda_binaries;
 mod lambda_events;
 mod openapi;
 mod proxy;
@@ -28,8 +29,8 @@ mod rotation_crash;
 mod scheduler;
 mod secrets_manager_labels;
 mod template_iam;
-mod template_site;
 mod template_routes;
+mod template_site;
 mod user_docs;
 mod vault_integrity;
 

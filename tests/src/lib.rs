@@ -7,6 +7,7 @@ pub mod aws;
 pub mod canary;
 pub mod conformance;
 pub mod fault_proxy;
+pub mod lambda_runtime;
 pub mod moto;
 
 use std::collections::BTreeMap;
