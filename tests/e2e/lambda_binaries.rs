@@ -295,16 +295,7 @@ impl Template {
 
 /// IAM's matching of an action against a pattern: case-insensitive, `*` and `?` wildcards.
 fn action_matches(pattern: &str, action: &str) -> bool {
-    fn matches(pattern: &[u8], text: &[u8]) -> bool {
-        match (pattern.first(), text.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => matches(&pattern[1..], text) || (!text.is_empty() && matches(pattern, &text[1..])),
-            (Some(b'?'), Some(_)) => matches(&pattern[1..], &text[1..]),
-            (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => matches(&pattern[1..], &text[1..]),
-            _ => false,
-        }
-    }
-    matches(pattern.as_bytes(), action.as_bytes())
+    stockpulse_tests::wildcard_matches(pattern, action, true)
 }
 
 impl FunctionTemplate {

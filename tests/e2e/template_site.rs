@@ -30,18 +30,9 @@ fn text<'a>(value: &'a Value, path: &[&str]) -> &'a str {
     at(value, path).as_str().unwrap_or_else(|| panic!("{path:?} is not a string"))
 }
 
-/// CloudFront path patterns: `*` matches any characters, `?` one.
+/// CloudFront path patterns: `*` matches any characters, `?` one, case-sensitive.
 fn pattern_matches(pattern: &str, path: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), path.as_bytes())
+    stockpulse_tests::wildcard_matches(pattern, path, false)
 }
 
 #[test]

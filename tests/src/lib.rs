@@ -363,3 +363,17 @@ pub async fn record_answer(response: reqwest::Response) -> Answer {
 pub fn read_workspace_file(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(workspace_root().join(path)).expect("workspace file")
 }
+
+/// Wildcard matching as IAM and CloudFront do it: `*` any run of characters, `?` one.
+pub fn wildcard_matches(pattern: &str, text: &str, ignore_case: bool) -> bool {
+    fn go(p: &[u8], s: &[u8], ignore_case: bool) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s, ignore_case) || (!s.is_empty() && go(p, &s[1..], ignore_case)),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..], ignore_case),
+            (Some(a), Some(b)) if a == b || (ignore_case && a.eq_ignore_ascii_case(b)) => go(&p[1..], &s[1..], ignore_case),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes(), ignore_case)
+}
