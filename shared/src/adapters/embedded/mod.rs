@@ -1,5 +1,7 @@
 //! The embedded backend: one SQLite file (WAL) and a local master key.
 
+mod admission_writer;
+mod checkpointer;
 pub mod local_vault;
 pub mod secret_file;
 mod sqlite_jobs;

@@ -4,7 +4,9 @@
 //!
 //! # Contract
 //!
-//! - `admit` is ONE write transaction (`BEGIN IMMEDIATE`), all or nothing:
+//! - `admit` is all or nothing, and durable when it answers. Admissions waiting together share
+//!   one write transaction (`BEGIN IMMEDIATE`) and one commit, each in a savepoint of its own, in
+//!   arrival order (group commit, see `admission_writer`):
 //!   1. Key check: the key row (workspace, key id) must exist, its record's `key_version` must
 //!      equal the admission's and its status must not be `revoked`; otherwise nothing is written
 //!      and the verdict is `KeyChanged`. The row's `last_used_at` becomes `now` (never moves back).
@@ -189,62 +191,109 @@ fn meter_params<'a>(meter: &'a MeterKey, rest: &[&'a dyn ToSql]) -> Vec<&'a dyn 
 
 // ---- admission -------------------------------------------------------------------------------
 
-fn admit_in(conn: &mut Connection, admission: &Admission) -> Result<Verdict, StoreError> {
+/// Admits a batch in ONE write transaction (group commit, see `admission_writer`): each
+/// admission runs in a savepoint of its own and is all or nothing; one commit makes them durable.
+/// A failed commit turns every admitted verdict into the error (nothing was written).
+pub(super) fn admit_batch(conn: &mut Connection, admissions: &[&Admission]) -> Vec<Result<Verdict, StoreError>> {
+    let mut tx = match write_tx(conn) {
+        Ok(tx) => tx,
+        Err(e) => return admissions.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect(),
+    };
+    let verdicts: Vec<Result<Verdict, StoreError>> = admissions.iter().map(|admission| admit_one(&mut tx, admission)).collect();
+    match tx.commit() {
+        Ok(()) => verdicts,
+        Err(e) => verdicts
+            .into_iter()
+            .map(|verdict| match verdict {
+                Ok(Verdict::Admitted(_)) => Err(StoreError::Unavailable(e.to_string())),
+                other => other,
+            })
+            .collect(),
+    }
+}
+
+fn admit_one(tx: &mut Transaction<'_>, admission: &Admission) -> Result<Verdict, StoreError> {
     let windows = Windows::of(admission.now);
-    let tx = write_tx(conn)?;
-    if !touch_key(&tx, admission)? {
-        tx.rollback().map_err(unavailable)?;
+    let mut savepoint = tx.savepoint().map_err(unavailable)?;
+    let outcome = write_admission(&savepoint, admission, &windows);
+    match outcome {
+        Ok(Verdict::Admitted(counters)) => {
+            savepoint.commit().map_err(unavailable)?;
+            Ok(Verdict::Admitted(counters))
+        }
+        Ok(Verdict::Limited { limit, .. }) => {
+            savepoint.rollback().map_err(unavailable)?;
+            let counters = read_counters(&savepoint, &admission.meter, &windows)?;
+            Ok(Verdict::Limited { limit, counters })
+        }
+        Ok(Verdict::KeyChanged) => {
+            savepoint.rollback().map_err(unavailable)?;
+            Ok(Verdict::KeyChanged)
+        }
+        Err(e) => {
+            let _ = savepoint.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// The writes of one admission; a verdict other than `Admitted` is rolled back by the caller
+/// (`Limited` carries no counters yet: they are read after the rollback).
+fn write_admission(conn: &Connection, admission: &Admission, windows: &Windows) -> Result<Verdict, StoreError> {
+    if !touch_key(conn, admission)? {
         return Ok(Verdict::KeyChanged);
     }
     if admission.counted {
-        drop_old_minutes(&tx, &admission.meter, windows.minute)?;
-        if let Some(limit) = count_request(&tx, &admission.meter, &windows, &admission.limits)? {
-            tx.rollback().map_err(unavailable)?;
-            let counters = read_counters(conn, &admission.meter, &windows)?;
-            return Ok(Verdict::Limited { limit, counters });
+        drop_old_minutes(conn, &admission.meter, windows.minute)?;
+        if let Some(limit) = count_request(conn, &admission.meter, windows, &admission.limits)? {
+            return Ok(Verdict::Limited { limit, counters: Counters::default() });
         }
     }
-    apply_usage(&tx, &admission.usage)?;
-    let counters = read_counters(&tx, &admission.meter, &windows)?;
-    tx.commit().map_err(unavailable)?;
-    Ok(Verdict::Admitted(counters))
+    apply_usage(conn, &admission.usage)?;
+    Ok(Verdict::Admitted(read_counters(conn, &admission.meter, windows)?))
 }
 
 /// The key check as a conditional write. `last_used_at` only moves forward, because concurrent
 /// admissions may commit out of order.
-fn touch_key(tx: &Transaction<'_>, admission: &Admission) -> Result<bool, StoreError> {
-    let touched = tx
-        .execute(
+fn touch_key(conn: &Connection, admission: &Admission) -> Result<bool, StoreError> {
+    let touched = conn
+        .prepare_cached(
             "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, ''), ?3)
              WHERE workspace = ?1 AND id = ?2
                AND json_extract(doc, '$.key_version') = ?4 AND json_extract(doc, '$.status') <> ?5",
-            params![admission.meter.workspace, admission.key_id, ts(&admission.now), admission.key_version, KeyStatus::Revoked.as_str()],
         )
+        .and_then(|mut s| {
+            s.execute(params![
+                admission.meter.workspace,
+                admission.key_id,
+                ts(&admission.now),
+                admission.key_version,
+                KeyStatus::Revoked.as_str()
+            ])
+        })
         .map_err(unavailable)?;
     Ok(touched == 1)
 }
 
-fn drop_old_minutes(tx: &Transaction<'_>, meter: &MeterKey, minute: i64) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM meter_minutes WHERE workspace = ?1 AND provider = ?2 AND environment = ?3 AND minute < ?4",
-        meter_params(meter, &[&minute]).as_slice(),
-    )
-    .map_err(unavailable)?;
+fn drop_old_minutes(conn: &Connection, meter: &MeterKey, minute: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM meter_minutes WHERE workspace = ?1 AND provider = ?2 AND environment = ?3 AND minute < ?4")
+        .and_then(|mut s| s.execute(meter_params(meter, &[&minute]).as_slice()))
+        .map_err(unavailable)?;
     Ok(())
 }
 
 /// Counts one request in every window, in `LimitKind::ALL` order; the limit that refused it, if
 /// any (the caller rolls back the windows already counted).
-fn count_request(tx: &Transaction<'_>, meter: &MeterKey, windows: &Windows, limits: &Limits) -> Result<Option<LimitKind>, StoreError> {
-    if !bump(tx, BUMP_MINUTE, meter, &windows.minute, limits.requests_per_minute)? {
+fn count_request(conn: &Connection, meter: &MeterKey, windows: &Windows, limits: &Limits) -> Result<Option<LimitKind>, StoreError> {
+    if !bump(conn, BUMP_MINUTE, meter, &windows.minute, limits.requests_per_minute)? {
         return Ok(Some(LimitKind::RequestsPerMinute));
     }
-    if !bump(tx, BUMP_DAY, meter, &windows.day_id(), limits.requests_per_day)? {
+    if !bump(conn, BUMP_DAY, meter, &windows.day_id(), limits.requests_per_day)? {
         return Ok(Some(LimitKind::RequestsPerDay));
     }
     let month = windows.month_id();
-    if !bump_month(tx, meter, &month, limits)? {
-        return month_refusal(tx, meter, &month, limits).map(Some);
+    if !bump_month(conn, meter, &month, limits)? {
+        return month_refusal(conn, meter, &month, limits).map(Some);
     }
     Ok(None)
 }
@@ -262,14 +311,14 @@ const BUMP_DAY: &str = "INSERT INTO usage_days (workspace, provider, environment
      WHERE ?5 IS NULL OR requests < ?5";
 
 /// One conditional upsert of a window counter; false = its limit is reached.
-fn bump(tx: &Transaction<'_>, sql: &str, meter: &MeterKey, window: &dyn ToSql, limit: Option<u64>) -> Result<bool, StoreError> {
+fn bump(conn: &Connection, sql: &str, meter: &MeterKey, window: &dyn ToSql, limit: Option<u64>) -> Result<bool, StoreError> {
     let changed =
-        tx.prepare_cached(sql).and_then(|mut s| s.execute(meter_params(meter, &[window, &limit]).as_slice())).map_err(unavailable)?;
+        conn.prepare_cached(sql).and_then(|mut s| s.execute(meter_params(meter, &[window, &limit]).as_slice())).map_err(unavailable)?;
     Ok(changed == 1)
 }
 
-fn bump_month(tx: &Transaction<'_>, meter: &MeterKey, month: &str, limits: &Limits) -> Result<bool, StoreError> {
-    let changed = tx
+fn bump_month(conn: &Connection, meter: &MeterKey, month: &str, limits: &Limits) -> Result<bool, StoreError> {
+    let changed = conn
         .prepare_cached(
             "INSERT INTO meter_months (workspace, provider, environment, month, requests, tokens)
              SELECT ?1, ?2, ?3, ?4, 1, 0 WHERE (?5 IS NULL OR ?5 > 0) AND (?6 IS NULL OR ?6 > 0)
@@ -282,8 +331,8 @@ fn bump_month(tx: &Transaction<'_>, meter: &MeterKey, month: &str, limits: &Limi
 }
 
 /// Which of the month's two limits refused the request (the request limit comes first in order).
-fn month_refusal(tx: &Transaction<'_>, meter: &MeterKey, month: &str, limits: &Limits) -> Result<LimitKind, StoreError> {
-    let requests: Option<u64> = tx
+fn month_refusal(conn: &Connection, meter: &MeterKey, month: &str, limits: &Limits) -> Result<LimitKind, StoreError> {
+    let requests: Option<u64> = conn
         .query_row(
             "SELECT requests FROM meter_months WHERE workspace = ?1 AND provider = ?2 AND environment = ?3 AND month = ?4",
             meter_params(meter, &[&month]).as_slice(),
@@ -321,23 +370,23 @@ fn read_counters(conn: &Connection, meter: &MeterKey, windows: &Windows) -> Resu
 
 // ---- usage -----------------------------------------------------------------------------------
 
-fn apply_usage(tx: &Transaction<'_>, usage: &[UsageRecord]) -> Result<(), StoreError> {
-    usage.iter().try_for_each(|record| apply_record(tx, record))
+fn apply_usage(conn: &Connection, usage: &[UsageRecord]) -> Result<(), StoreError> {
+    usage.iter().try_for_each(|record| apply_record(conn, record))
 }
 
 /// Adds one record to its day (read and rewritten under the write lock, so nothing is lost) and
 /// its tokens to its month.
-fn apply_record(tx: &Transaction<'_>, record: &UsageRecord) -> Result<(), StoreError> {
+fn apply_record(conn: &Connection, record: &UsageRecord) -> Result<(), StoreError> {
     let windows = windows_of_day(record.day);
-    let mut day = load_usage_day(tx, &record.meter, &windows.day_id())?.unwrap_or_else(|| empty_day(record));
+    let mut day = load_usage_day(conn, &record.meter, &windows.day_id())?.unwrap_or_else(|| empty_day(record));
     day.counts.add(&record.counts);
     let newer = day.provider_limits_at.is_none_or(|seen| record.observed_at > seen);
     if !record.provider_limits.is_empty() && newer {
         day.provider_limits = record.provider_limits.clone();
         day.provider_limits_at = Some(record.observed_at);
     }
-    store_usage_day(tx, &record.meter.workspace, &day)?;
-    add_tokens(tx, &record.meter, &windows.month_id(), record.counts.tokens())
+    store_usage_day(conn, &record.meter.workspace, &day)?;
+    add_tokens(conn, &record.meter, &windows.month_id(), record.counts.tokens())
 }
 
 fn empty_day(record: &UsageRecord) -> UsageDay {
@@ -354,23 +403,23 @@ fn empty_day(record: &UsageRecord) -> UsageDay {
 const USAGE_COLUMNS: &str = "provider, environment, day, requests, cache_hits, rate_limited, auth_errors, client_errors,
      server_errors, network_errors, latency_ms_buckets, input_tokens, output_tokens, cost_micro_usd, provider_limits, provider_limits_at";
 
-fn load_usage_day(tx: &Transaction<'_>, meter: &MeterKey, day: &str) -> Result<Option<UsageDay>, StoreError> {
+fn load_usage_day(conn: &Connection, meter: &MeterKey, day: &str) -> Result<Option<UsageDay>, StoreError> {
     let sql = format!("SELECT {USAGE_COLUMNS} FROM usage_days WHERE workspace = ?1 AND provider = ?2 AND environment = ?3 AND day = ?4");
-    let row = tx
+    let row = conn
         .prepare_cached(&sql)
         .and_then(|mut s| s.query_row(meter_params(meter, &[&day]).as_slice(), UsageRow::read).optional())
         .map_err(unavailable)?;
     row.map(UsageRow::into_day).transpose()
 }
 
-fn store_usage_day(tx: &Transaction<'_>, workspace: &str, day: &UsageDay) -> Result<(), StoreError> {
+fn store_usage_day(conn: &Connection, workspace: &str, day: &UsageDay) -> Result<(), StoreError> {
     let c = &day.counts;
     let (latency, provider_limits) = (json(&c.latency_ms_buckets)?, json(&day.provider_limits)?);
     let sql = format!(
         "INSERT OR REPLACE INTO usage_days (workspace, {USAGE_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
     );
-    tx.prepare_cached(&sql)
+    conn.prepare_cached(&sql)
         .and_then(|mut s| {
             s.execute(params![
                 workspace,
@@ -396,11 +445,11 @@ fn store_usage_day(tx: &Transaction<'_>, workspace: &str, day: &UsageDay) -> Res
     Ok(())
 }
 
-fn add_tokens(tx: &Transaction<'_>, meter: &MeterKey, month: &str, tokens: u64) -> Result<(), StoreError> {
+fn add_tokens(conn: &Connection, meter: &MeterKey, month: &str, tokens: u64) -> Result<(), StoreError> {
     if tokens == 0 {
         return Ok(());
     }
-    tx.prepare_cached(
+    conn.prepare_cached(
         "INSERT INTO meter_months (workspace, provider, environment, month, requests, tokens) VALUES (?1, ?2, ?3, ?4, 0, ?5)
          ON CONFLICT (workspace, provider, environment, month) DO UPDATE SET tokens = tokens + excluded.tokens",
     )
@@ -529,8 +578,7 @@ fn write_policy(conn: &mut Connection, meter: &MeterKey, limits: &Limits, audit:
 #[async_trait]
 impl MeterStore for SqliteStore {
     async fn admit(&self, admission: &Admission) -> Result<Verdict, StoreError> {
-        let admission = admission.clone();
-        self.run(move |conn| admit_in(conn, &admission)).await
+        self.admissions.admit(admission.clone()).await
     }
 
     async fn record_usage(&self, usage: &[UsageRecord]) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::admission_writer::AdmissionWriter;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -79,6 +80,8 @@ CREATE TABLE IF NOT EXISTS job_leases (
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// The proxy's per-request writes, group-committed on a thread of their own.
+    pub(super) admissions: Arc<AdmissionWriter>,
 }
 
 impl SqliteStore {
@@ -90,9 +93,14 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        // Checkpoints run on their own thread (see `checkpointer`), not inside a request's commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         super::sqlite_metering::migrate(&conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        let conn = Arc::new(Mutex::new(conn));
+        let admissions = Arc::new(AdmissionWriter::start(conn.clone())?);
+        super::checkpointer::start(path, Arc::downgrade(&admissions))?;
+        Ok(SqliteStore { conn, admissions })
     }
 
     /// Runs `work` on the connection off the async threads.
