@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
@@ -23,6 +24,10 @@ pub const LOCAL_ISSUER: &str = "stockpulse-local";
 pub const LOCAL_AUDIENCE: &str = "stockpulse-keys";
 /// Dev tokens last a working day.
 pub const DEV_TOKEN_SECONDS: u64 = 12 * 3600;
+/// Clock skew allowed on `exp`.
+const LEEWAY_SECONDS: u64 = 30;
+/// Verified tokens remembered at most; the memory is emptied when full.
+const MAX_REMEMBERED: usize = 4096;
 
 enum Keys {
     Local { encoding: EncodingKey, decoding: DecodingKey },
@@ -35,7 +40,15 @@ pub struct TokenVerifier {
     audience: String,
     /// Like a route's `AuthorizationScopes` in the template: the token's `scope` must include it.
     required_scope: Option<String>,
+    /// Tokens that passed, by their exact text: their claims and `exp`. A client sends the same
+    /// token with every request; checking its signature and decoding it again each time was a
+    /// measurable part of the proxy's overhead (BENCHMARKS.md). API Gateway's JWT authorizer
+    /// caches the same way. Refusals are never remembered.
+    verified: Mutex<HashMap<String, Remembered>>,
 }
+
+/// A verified token's flattened claims and its `exp`.
+type Remembered = (HashMap<String, String>, u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -77,6 +90,7 @@ impl TokenVerifier {
             issuer: LOCAL_ISSUER.to_owned(),
             audience: LOCAL_AUDIENCE.to_owned(),
             required_scope: None,
+            verified: Mutex::default(),
         })
     }
 
@@ -93,7 +107,13 @@ impl TokenVerifier {
             .json()
             .await
             .map_err(|e| fail(e.without_url().to_string()))?;
-        Ok(TokenVerifier { keys: Keys::Jwks { set }, issuer: issuer.to_owned(), audience: audience.to_owned(), required_scope: None })
+        Ok(TokenVerifier {
+            keys: Keys::Jwks { set },
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            required_scope: None,
+            verified: Mutex::default(),
+        })
     }
 
     /// Refuses tokens whose `scope` lacks `scope` (the deployment's routes require
@@ -128,6 +148,23 @@ impl TokenVerifier {
 
     /// Verifies a bearer token and returns its claims flattened as API Gateway does.
     pub fn verify(&self, token: &str) -> Result<HashMap<String, String>, TokenError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((claims, exp)) = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(token) {
+            if now <= exp.saturating_add(LEEWAY_SECONDS) {
+                return Ok(claims.clone());
+            }
+            return Err(TokenError::Expired);
+        }
+        let (claims, exp) = self.verify_signed(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), (claims.clone(), exp));
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<(HashMap<String, String>, u64), TokenError> {
         let header = decode_header(token).map_err(|e| classify(e.kind()))?;
         let (key, algorithm) = match &self.keys {
             Keys::Local { decoding, .. } => (decoding.clone(), Algorithm::HS256),
@@ -145,7 +182,7 @@ impl TokenVerifier {
         // The audience is checked below, API Gateway's way.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECONDS;
         let data = decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| classify(e.kind()))?;
         if !self.audience_matches(&data.claims) {
             return Err(TokenError::WrongAudience);
@@ -156,7 +193,9 @@ impl TokenVerifier {
                 return Err(TokenError::MissingScope(scope.clone()));
             }
         }
-        Ok(flatten(data.claims))
+        // `exp` is required above, and validated as a number.
+        let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Ok((flatten(data.claims), exp))
     }
 
     /// API Gateway's rule: `aud` when the token has one, else `client_id` (Cognito access tokens).
@@ -223,12 +262,27 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_token_still_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let verifier = TokenVerifier::local(dir.path()).unwrap();
+        let (token, _) = verifier.mint("u1", "a@example.com", Role::Member, "w1").unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        // The remembered expiry passes (as if the clock had moved on): the token is refused.
+        verifier.verified.lock().unwrap().get_mut(&token).unwrap().1 = jsonwebtoken::get_current_timestamp() - LEEWAY_SECONDS - 1;
+        assert_eq!(verifier.verify(&token), Err(TokenError::Expired));
+        // A tampered copy is not the remembered text: its signature is checked.
+        let tampered = format!("{token}x");
+        assert_eq!(verifier.verify(&tampered), Err(TokenError::BadSignature));
+    }
+
+    #[test]
     fn alg_none_and_garbage_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let verifier = TokenVerifier::local(dir.path()).unwrap();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), b64.encode(r#"{"sub":"u","exp":9999999999}"#));
         assert!(verifier.verify(&none).is_err());
+        assert!(verifier.verify(&none).is_err(), "a refusal is not remembered as a pass");
         assert_eq!(verifier.verify("not-a-token"), Err(TokenError::Malformed));
     }
 }
