@@ -794,6 +794,8 @@ struct Fleet {
     invoked: Mutex<BTreeSet<String>>,
     canaries: Mutex<Vec<String>>,
     answers: Mutex<std::fs::File>,
+    /// The environment each function was started with.
+    environments: BTreeMap<String, Vec<(String, String)>>,
     upstream: MockServer,
     // Last: dropped after the processes that talk to it.
     _moto: MotoServer,
@@ -847,7 +849,7 @@ impl Fleet {
         // The template's settings, and what differs in this test: AWS is moto (through the
         // recorder) with the function's own IAM user, the provider is the fake one, and logs say
         // everything (the canary scan reads them).
-        let environment = |binary: &str| -> Vec<(String, String)> {
+        let environment_of = |binary: &str| -> Vec<(String, String)> {
             let template = &templates[binary];
             let (key_id, secret) = &credentials[binary];
             let mut env = template.environment.clone();
@@ -871,9 +873,11 @@ impl Fleet {
         // The first function to start creates the shared fingerprint key; the others only read
         // it. Which one comes first in production is chance: `needs` asks every function for
         // every init call any of them made.
+        let environments: BTreeMap<String, Vec<(String, String)>> = binaries.iter().map(|b| (b.to_string(), environment_of(b))).collect();
+        let environment = |binary: &str| &environments[binary];
         let mut processes = BTreeMap::new();
         let first = binaries[0];
-        let process = LambdaProcess::start(first, &environment(first)).await;
+        let process = LambdaProcess::start(first, environment(first)).await;
         process
             .ready()
             .await
@@ -881,7 +885,7 @@ impl Fleet {
         processes.insert(first.to_owned(), process);
         let mut starting = Vec::new();
         for binary in &binaries[1..] {
-            starting.push(LambdaProcess::start(binary, &environment(binary)).await);
+            starting.push(LambdaProcess::start(binary, environment(binary)).await);
         }
         for process in starting {
             process.ready().await.unwrap_or_else(|e| {
@@ -903,6 +907,7 @@ impl Fleet {
             invoked: Mutex::new(BTreeSet::new()),
             canaries: Mutex::new(Vec::new()),
             answers: Mutex::new(answers),
+            environments,
             upstream,
             _moto: moto,
         }
@@ -1277,4 +1282,137 @@ async fn the_key_functions_create_rotate_and_revoke_on_the_secrets_manager_vault
     assert_eq!(deleted.status, 204, "{}", deleted.text);
 
     fleet.assert_least_privilege();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The Lambda half of the benchmark (not a test: `scripts/bench` runs it, BENCHMARKS.md)
+// ------------------------------------------------------------------------------------------------
+
+/// Milliseconds, sorted: median, 90th percentile and extremes.
+fn spread(mut values: Vec<f64>) -> Value {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    json!({"samples": values.len(), "min_ms": at(0.0), "median_ms": at(0.5), "p90_ms": at(0.9), "max_ms": at(1.0)})
+}
+
+fn millis(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Each function binary started alone, five times (spawn → its first poll for an event), then
+/// warm invocations timed by the Runtime API (event handed over → answer posted), and the AWS
+/// calls of warm proxied requests counted at the network. The functions run with the template's
+/// environment and their own IAM users against moto on loopback, so a handler's time includes
+/// moto's answers (a Python server, slower than DynamoDB in a region): the counts are the
+/// portable figures. Writes `$STOCKPULSE_BENCH_LAMBDA_OUT` (default: the artifacts folder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark, run by scripts/bench with optimised function binaries (STOCKPULSE_LAMBDA_BINARIES)"]
+async fn benchmark_start_up_and_warm_invocations() {
+    const STARTS: usize = 5;
+    const WARM: usize = 50;
+    let key = canary("sk-proj-");
+    let fleet = Fleet::start(Vault::Kms, &every_binary(), &[&key]).await;
+    fleet.canaries.lock().unwrap().push(key.clone());
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .and(header("authorization", format!("Bearer {key}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "chatcmpl-bench", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}})))
+        .mount(&fleet.upstream)
+        .await;
+    let admin = fleet.sign_in("admin").await;
+    let created = fleet
+        .http(
+            "keys-create",
+            ApiRequest::post("/api/keys", json!({"provider": "openai", "environment": "production", "credentials": {"api_key": key}}))
+                .by(&admin),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.json["id"].as_str().unwrap().to_owned();
+    let chat = || {
+        ApiRequest::post(
+            "/proxy/openai/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say ok."}]}),
+        )
+        .by(&admin)
+    };
+    // What a warm function is asked; the rest (writes that change state) are measured by start-up only.
+    let warm_requests: Vec<(&str, ApiRequest)> = vec![
+        ("proxy", chat()),
+        ("providers-list", ApiRequest::get("/api/providers").by(&admin)),
+        ("keys-list", ApiRequest::get("/api/keys").by(&admin)),
+        ("keys-get", ApiRequest::get(format!("/api/keys/{id}")).by(&admin)),
+        ("usage", ApiRequest::get("/api/usage").by(&admin)),
+        ("quotas", ApiRequest::get("/api/quotas/openai").by(&admin)),
+        ("audit-list", ApiRequest::get("/api/audit").by(&admin)),
+        ("audit-verify", ApiRequest::get("/api/audit/verify").by(&admin)),
+        ("notifications", ApiRequest::get("/api/notifications").by(&admin)),
+        ("openapi", ApiRequest::get("/api/openapi.json")),
+    ];
+
+    let mut start_up = serde_json::Map::new();
+    let mut warm = serde_json::Map::new();
+    let mut proxy_calls = serde_json::Map::new();
+    for binary in every_binary() {
+        // Logs at the deployment's level (the fleet logs everything for the canary scan).
+        let environment: Vec<(String, String)> =
+            fleet.environments[binary].iter().filter(|(name, _)| name != "RUST_LOG").cloned().collect();
+        let mut inits = Vec::new();
+        let mut process = None;
+        for _ in 0..STARTS {
+            let started = LambdaProcess::start(binary, &environment).await;
+            started.ready().await.unwrap_or_else(|e| panic!("{binary} failed its init: {e}"));
+            inits.push(millis(started.init_duration().expect("polled")));
+            process = Some(started);
+        }
+        start_up.insert(binary.to_owned(), spread(inits));
+        let process = process.expect("started");
+        let Some((_, request)) = warm_requests.iter().find(|(b, _)| *b == binary) else { continue };
+        let mut times = Vec::new();
+        let mut first = None;
+        for round in 0..=WARM {
+            let calls_before = fleet.recorder.calls().len();
+            let (result, handler_time) = process.invoke_timed(request.event()).await;
+            let answer = LambdaAnswer::decode(&result.unwrap_or_else(|e| panic!("{binary}: {e}")));
+            assert!(answer.status < 300, "{binary} answered {}: {}", answer.status, answer.text);
+            for spelling in stockpulse_tests::canary::spellings(&key) {
+                assert!(!answer.text.contains(&spelling), "{binary} answered with the stored key");
+            }
+            let time = millis(handler_time.expect("timed by the Runtime API"));
+            if round == 0 {
+                first = Some(time);
+            } else {
+                times.push(time);
+            }
+            if binary == "proxy" {
+                let calls: Vec<AwsCall> = fleet.recorder.calls()[calls_before..].to_vec();
+                let label = if round == 0 { "first request (key not in memory)" } else { "warm request" };
+                if round <= 1 {
+                    let mut counted: BTreeMap<String, usize> = BTreeMap::new();
+                    for call in &calls {
+                        *counted.entry(call.action.clone()).or_default() += 1;
+                    }
+                    proxy_calls.insert(label.to_owned(), json!(counted));
+                }
+            }
+        }
+        let mut measured = spread(times);
+        measured["first_ms"] = json!(first);
+        measured["request"] = json!(format!("{} {}", request.method, request.path));
+        warm.insert(binary.to_owned(), measured);
+    }
+    let report = json!({
+        "binaries": stockpulse_tests::lambda_runtime::binaries_dir().display().to_string(),
+        "start_up": start_up,
+        "warm_handler": warm,
+        "proxy_aws_calls": proxy_calls,
+    });
+    let out = std::env::var_os("STOCKPULSE_BENCH_LAMBDA_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| artifacts_dir().join("lambda-benchmark.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("written: {}", out.display());
 }

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -65,11 +65,20 @@ impl std::error::Error for InvocationError {}
 struct Lifecycle {
     /// The runtime asked for its first event: init is done.
     polled: bool,
+    /// When it first asked (the end of init, for `init_duration`).
+    first_poll: Option<Instant>,
     init_error: Option<InvocationError>,
     exited: Option<String>,
 }
 
-type Reply = oneshot::Sender<Result<Value, InvocationError>>;
+/// What the runtime posted, and how long after it was handed the event (the handler's time as
+/// Lambda bills it, without the Runtime API's own hops).
+struct Outcome {
+    result: Result<Value, InvocationError>,
+    handler_time: Option<Duration>,
+}
+
+type Reply = oneshot::Sender<Outcome>;
 
 struct Invocation {
     event: Value,
@@ -81,7 +90,8 @@ struct RuntimeApi {
     function_arn: String,
     /// Invocations not yet handed to the runtime; `/next` long-polls on it.
     queued: tokio::sync::Mutex<mpsc::UnboundedReceiver<Invocation>>,
-    in_flight: Mutex<HashMap<String, Reply>>,
+    /// Handed to the runtime, not answered yet: who waits, and since when.
+    in_flight: Mutex<HashMap<String, (Reply, Instant)>>,
     lifecycle: watch::Sender<Lifecycle>,
     log: Arc<ProcessLog>,
 }
@@ -119,6 +129,8 @@ impl ProcessLog {
 /// A function binary running against its own Runtime API on 127.0.0.1.
 pub struct LambdaProcess {
     name: String,
+    /// Just before the process was spawned (for `init_duration`).
+    spawned_at: Instant,
     api: Arc<RuntimeApi>,
     queue: mpsc::UnboundedSender<Invocation>,
     lifecycle: watch::Receiver<Lifecycle>,
@@ -129,7 +141,11 @@ pub struct LambdaProcess {
 /// Where `cargo build --workspace --bins` put the function binaries: the profile folder of this
 /// test executable (`target/<profile>/deps/e2e-…` → `target/<profile>`), so a custom target folder
 /// or profile finds the binaries built with it.
+/// `STOCKPULSE_LAMBDA_BINARIES` names another folder (the benchmark runs optimised builds).
 pub fn binaries_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STOCKPULSE_LAMBDA_BINARIES") {
+        return PathBuf::from(dir);
+    }
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
@@ -204,6 +220,7 @@ impl LambdaProcess {
         ];
         command.envs(defaults.iter().map(|(k, v)| (*k, v.as_str())));
         command.envs(env.iter().map(|(k, v)| (k, v)));
+        let spawned_at = Instant::now();
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -232,7 +249,7 @@ impl LambdaProcess {
             watcher_api.log.line(&format!("[lambda emulator] process exited: {status}"));
             watcher_api.lifecycle.send_modify(|l| l.exited = Some(status));
         });
-        LambdaProcess { name: binary.to_owned(), api, queue, lifecycle: watcher, kill: Some(kill), server }
+        LambdaProcess { name: binary.to_owned(), spawned_at, api, queue, lifecycle: watcher, kill: Some(kill), server }
     }
 
     pub fn name(&self) -> &str {
@@ -266,8 +283,19 @@ impl LambdaProcess {
         }
     }
 
+    /// From spawning the process to its first poll for an event (its init, as a cold start
+    /// pays it less the download of the code); `None` before it has polled.
+    pub fn init_duration(&self) -> Option<Duration> {
+        self.lifecycle.borrow().first_poll.map(|polled| polled.duration_since(self.spawned_at))
+    }
+
     /// Invokes the function with `event` and waits for what its runtime posts back.
     pub async fn invoke(&self, event: Value) -> Result<Value, InvocationError> {
+        self.invoke_timed(event).await.0
+    }
+
+    /// `invoke`, with the handler's time: from handing the event to the runtime to its answer.
+    pub async fn invoke_timed(&self, event: Value) -> (Result<Value, InvocationError>, Option<Duration>) {
         let (reply, answer) = oneshot::channel();
         self.queue.send(Invocation { event, reply }).expect("the Runtime API outlives its process handle");
         let mut lifecycle = self.lifecycle.clone();
@@ -275,10 +303,12 @@ impl LambdaProcess {
         let outcome = tokio::time::timeout(INVOCATION_TIMEOUT, async {
             tokio::select! {
                 biased;
-                answer = answer => answer.unwrap_or_else(|_| Err(self.exited(&self.lifecycle.borrow()))),
+                answer = answer => answer
+                    .map(|o| (o.result, o.handler_time))
+                    .unwrap_or_else(|_| (Err(self.exited(&self.lifecycle.borrow())), None)),
                 state = failed => {
                     let state = state.map(|s| s.clone()).unwrap_or_default();
-                    Err(state.init_error.clone().unwrap_or_else(|| self.exited(&state)))
+                    (Err(state.init_error.clone().unwrap_or_else(|| self.exited(&state))), None)
                 }
             }
         })
@@ -325,14 +355,20 @@ fn pipe_lines(stream: impl AsyncRead + Unpin + Send + 'static, log: Arc<ProcessL
 }
 
 async fn next_invocation(State(api): State<Arc<RuntimeApi>>) -> Response {
-    api.lifecycle.send_if_modified(|l| !std::mem::replace(&mut l.polled, true));
+    api.lifecycle.send_if_modified(|l| {
+        let first = !std::mem::replace(&mut l.polled, true);
+        if first {
+            l.first_poll = Some(Instant::now());
+        }
+        first
+    });
     // One runtime polls at a time; the lock is the long poll.
     let Some(invocation) = api.queued.lock().await.recv().await else {
         return StatusCode::GONE.into_response();
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     api.log.line(&format!("START RequestId: {request_id} Version: $LATEST"));
-    api.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id.clone(), invocation.reply);
+    api.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id.clone(), (invocation.reply, Instant::now()));
     let deadline = now_millis() + INVOCATION_TIMEOUT.as_millis();
     Response::builder()
         .status(StatusCode::OK)
@@ -348,11 +384,11 @@ async fn next_invocation(State(api): State<Arc<RuntimeApi>>) -> Response {
 /// Hands the outcome to the waiting `invoke`; an id that is not in flight is refused as Lambda
 /// does (the runtime answered twice, or made the id up).
 fn finish(api: &RuntimeApi, request_id: &str, outcome: Result<Value, InvocationError>) -> Response {
-    let Some(reply) = api.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(request_id) else {
+    let Some((reply, handed_at)) = api.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(request_id) else {
         return (StatusCode::BAD_REQUEST, "unknown or finished request id").into_response();
     };
     api.log.line(&format!("END RequestId: {request_id}"));
-    let _ = reply.send(outcome);
+    let _ = reply.send(Outcome { result: outcome, handler_time: Some(handed_at.elapsed()) });
     StatusCode::ACCEPTED.into_response()
 }
 
