@@ -73,3 +73,19 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), String> {
     root.present().map_err(|e| draw(&e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_chart_is_an_svg_with_every_target() {
+        let report = crate::report::tests::sample();
+        let path = std::env::temp_dir().join(format!("stockpulse-bench-chart-{}.svg", std::process::id()));
+        super::write_svg(&report, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        for name in ["direct", "stockpulse", "litellm", "portkey", "2000/s", "saturation"] {
+            assert!(svg.contains(name), "{name} missing from the chart");
+        }
+    }
+}

@@ -66,6 +66,12 @@ struct Args {
     /// Extra `name=version` lines for the report (the script passes what it installed).
     #[arg(long = "tool", value_parser = parse_tool)]
     tools: Vec<(String, String)>,
+    /// What the Lambda benchmark test wrote (start-up, warm handler times, AWS calls).
+    #[arg(long)]
+    lambda_results: Option<PathBuf>,
+    /// `scripts/build-lambdas`' output folder (`<function>/bootstrap.zip`).
+    #[arg(long)]
+    lambda_zips: Option<PathBuf>,
 }
 
 fn parse_tool(value: &str) -> Result<(String, String), String> {
@@ -153,8 +159,12 @@ async fn run(args: Args) -> Result<(), String> {
         tools,
         targets: reports,
         goals: Vec::new(),
+        lambda: lambda_report(&args)?,
     };
     report.goals = report::judge_goals(&report);
+    if let Some(goal) = report.lambda.as_ref().and_then(report::lambda_goal) {
+        report.goals.push(goal);
+    }
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(args.out.join("results.json"), json + "\n").map_err(|e| e.to_string())?;
     let markdown = report::markdown(&report);
@@ -245,6 +255,28 @@ async fn measure(args: &Args, running: &Running, upstream: &str, upstream_pid: u
         peak_rss_mib,
         phases,
     })
+}
+
+fn lambda_report(args: &Args) -> Result<Option<report::LambdaReport>, String> {
+    if args.lambda_results.is_none() && args.lambda_zips.is_none() {
+        return Ok(None);
+    }
+    let emulator = match &args.lambda_results {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut arm64_zip_bytes = BTreeMap::new();
+    if let Some(dir) = &args.lambda_zips {
+        for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+            if let Ok(meta) = std::fs::metadata(entry.path().join("bootstrap.zip")) {
+                arm64_zip_bytes.insert(entry.file_name().to_string_lossy().into_owned(), meta.len());
+            }
+        }
+    }
+    Ok(Some(report::LambdaReport { arm64_zip_bytes, emulator }))
 }
 
 async fn version_of(program: &Path) -> String {

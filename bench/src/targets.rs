@@ -45,6 +45,17 @@ pub struct RequestSpec {
     pub body: String,
 }
 
+impl RequestSpec {
+    /// The benchmark's chat completion to `url` with `Authorization: Bearer <bearer>`.
+    fn chat(url: String, bearer: &str) -> RequestSpec {
+        RequestSpec {
+            url,
+            headers: vec![("content-type".into(), "application/json".into()), ("authorization".into(), format!("Bearer {bearer}"))],
+            body: CHAT_BODY.into(),
+        }
+    }
+}
+
 /// Keys the upstream counts per target (so the check can tell who forwarded what). Unique per
 /// run; only names are ever written out.
 pub struct UpstreamKeys {
@@ -119,14 +130,7 @@ pub async fn start(kind: TargetKind, programs: &Programs, upstream: &str, keys: 
         TargetKind::Direct => Ok(Running {
             kind,
             process: None,
-            request: RequestSpec {
-                url: format!("{upstream}/v1/chat/completions"),
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("authorization".into(), format!("Bearer {}", keys.direct)),
-                ],
-                body: CHAT_BODY.into(),
-            },
+            request: RequestSpec::chat(format!("{upstream}/v1/chat/completions"), &keys.direct),
             version: "fake-openai (this repository)".into(),
         }),
         TargetKind::Stockpulse => start_stockpulse(programs, upstream, keys, work).await,
@@ -197,11 +201,7 @@ async fn start_stockpulse(programs: &Programs, upstream: &str, keys: &UpstreamKe
     Ok(Running {
         kind: TargetKind::Stockpulse,
         process: Some(process),
-        request: RequestSpec {
-            url: format!("{base}/proxy/openai/chat/completions"),
-            headers: vec![("content-type".into(), "application/json".into()), ("authorization".into(), format!("Bearer {token}"))],
-            body: CHAT_BODY.into(),
-        },
+        request: RequestSpec::chat(format!("{base}/proxy/openai/chat/completions"), &token),
         version,
     })
 }
@@ -242,11 +242,7 @@ async fn start_litellm(programs: &Programs, upstream: &str, keys: &UpstreamKeys,
     Ok(Running {
         kind: TargetKind::Litellm,
         process: Some(process),
-        request: RequestSpec {
-            url: format!("{base}/v1/chat/completions"),
-            headers: vec![("content-type".into(), "application/json".into()), ("authorization".into(), format!("Bearer {master_key}"))],
-            body: CHAT_BODY.into(),
-        },
+        request: RequestSpec::chat(format!("{base}/v1/chat/completions"), &master_key),
         version,
     })
 }
@@ -268,15 +264,11 @@ async fn start_portkey(programs: &Programs, upstream: &str, keys: &UpstreamKeys,
     Ok(Running {
         kind: TargetKind::Portkey,
         process: Some(process),
-        request: RequestSpec {
-            url: format!("{base}/v1/chat/completions"),
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("authorization".into(), format!("Bearer {}", keys.portkey)),
-                ("x-portkey-provider".into(), "openai".into()),
-                ("x-portkey-custom-host".into(), format!("{upstream}/v1")),
-            ],
-            body: CHAT_BODY.into(),
+        request: {
+            let mut request = RequestSpec::chat(format!("{base}/v1/chat/completions"), &keys.portkey);
+            request.headers.push(("x-portkey-provider".into(), "openai".into()));
+            request.headers.push(("x-portkey-custom-host".into(), format!("{upstream}/v1")));
+            request
         },
         version,
     })
