@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS job_leases (
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pub(super) conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Connection>>,
     /// The proxy's per-request writes, group-committed on a thread of their own.
     pub(super) admissions: Arc<AdmissionWriter>,
 }
