@@ -179,9 +179,11 @@ async fn start_upstream(program: &Path, keys: &UpstreamKeys, work: &Path) -> Res
     let port = targets::free_port()?;
     let mut command = Command::new(program);
     command.arg("--port").arg(port.to_string());
-    for kind in [TargetKind::Direct, TargetKind::Stockpulse, TargetKind::Litellm, TargetKind::Portkey] {
-        command.arg("--key").arg(format!("{}={}", kind.name(), keys.for_target(kind)));
-    }
+    let named: Vec<String> = [TargetKind::Direct, TargetKind::Stockpulse, TargetKind::Litellm, TargetKind::Portkey]
+        .iter()
+        .map(|kind| format!("{}={}", kind.name(), keys.for_target(*kind)))
+        .collect();
+    command.env("FAKE_OPENAI_KEYS", named.join(","));
     let mut process = Managed::spawn("fake-upstream", command, work)?;
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {

@@ -4,7 +4,7 @@
 //!
 //! `POST /v1/chat/completions` and `GET /v1/models` need `Authorization: Bearer <key>` (401
 //! otherwise, like OpenAI), so a gateway that forgets to inject its key fails loudly. Each key
-//! given with `--key NAME=VALUE` is counted under NAME; `GET /__bench/stats` returns the counts
+//! given in `FAKE_OPENAI_KEYS` (`NAME=VALUE,...`) is counted under NAME; `GET /__bench/stats` returns the counts
 //! by name, never a key. The first line on stdout is `listening http://127.0.0.1:<port>`.
 
 use std::collections::BTreeMap;
@@ -29,8 +29,9 @@ const UNAUTHORIZED: &str =
 struct Args {
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// A key to count under a name: NAME=VALUE (repeatable).
-    #[arg(long = "key", value_parser = parse_key)]
+    /// Keys to count under a name: NAME=VALUE, comma-separated. From the environment, so that
+    /// no key shows in the process list.
+    #[arg(long = "key", env = "FAKE_OPENAI_KEYS", value_delimiter = ',', value_parser = parse_key)]
     keys: Vec<(String, String)>,
     /// Tokio worker threads (the machine's cores by default).
     #[arg(long)]
