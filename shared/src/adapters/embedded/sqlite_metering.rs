@@ -215,18 +215,17 @@ pub(super) fn admit_batch(conn: &mut Connection, admissions: &[&Admission]) -> V
 fn admit_one(tx: &mut Transaction<'_>, admission: &Admission) -> Result<Verdict, StoreError> {
     let windows = Windows::of(admission.now);
     let mut savepoint = tx.savepoint().map_err(unavailable)?;
-    let outcome = write_admission(&savepoint, admission, &windows);
-    match outcome {
-        Ok(Verdict::Admitted(counters)) => {
+    match write_admission(&savepoint, admission, &windows) {
+        Ok(Written::Admitted(counters)) => {
             savepoint.commit().map_err(unavailable)?;
             Ok(Verdict::Admitted(counters))
         }
-        Ok(Verdict::Limited { limit, .. }) => {
+        Ok(Written::Limited(limit)) => {
             savepoint.rollback().map_err(unavailable)?;
             let counters = read_counters(&savepoint, &admission.meter, &windows)?;
             Ok(Verdict::Limited { limit, counters })
         }
-        Ok(Verdict::KeyChanged) => {
+        Ok(Written::KeyChanged) => {
             savepoint.rollback().map_err(unavailable)?;
             Ok(Verdict::KeyChanged)
         }
@@ -237,20 +236,26 @@ fn admit_one(tx: &mut Transaction<'_>, admission: &Admission) -> Result<Verdict,
     }
 }
 
-/// The writes of one admission; a verdict other than `Admitted` is rolled back by the caller
-/// (`Limited` carries no counters yet: they are read after the rollback).
-fn write_admission(conn: &Connection, admission: &Admission, windows: &Windows) -> Result<Verdict, StoreError> {
+/// What one admission's writes came to; anything but `Admitted` is rolled back by the caller.
+enum Written {
+    Admitted(Counters),
+    /// The counters are read after the rollback.
+    Limited(LimitKind),
+    KeyChanged,
+}
+
+fn write_admission(conn: &Connection, admission: &Admission, windows: &Windows) -> Result<Written, StoreError> {
     if !touch_key(conn, admission)? {
-        return Ok(Verdict::KeyChanged);
+        return Ok(Written::KeyChanged);
     }
     if admission.counted {
         drop_old_minutes(conn, &admission.meter, windows.minute)?;
         if let Some(limit) = count_request(conn, &admission.meter, windows, &admission.limits)? {
-            return Ok(Verdict::Limited { limit, counters: Counters::default() });
+            return Ok(Written::Limited(limit));
         }
     }
     apply_usage(conn, &admission.usage)?;
-    Ok(Verdict::Admitted(read_counters(conn, &admission.meter, windows)?))
+    Ok(Written::Admitted(read_counters(conn, &admission.meter, windows)?))
 }
 
 /// The key check as a conditional write. `last_used_at` only moves forward, because concurrent
