@@ -90,11 +90,13 @@ pub struct TreeSample {
 
 pub fn sample_tree(root: u32) -> TreeSample {
     let mut stats: HashMap<u32, Stat> = HashMap::new();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
                 && let Some(stat) = read_stat(pid)
             {
+                children.entry(stat.parent).or_default().push(pid);
                 stats.insert(pid, stat);
             }
         }
@@ -106,7 +108,7 @@ pub fn sample_tree(root: u32) -> TreeSample {
             sample.cpu_ticks += stat.cpu_ticks;
             sample.rss_bytes += stat.rss_pages * 4096;
             sample.processes += 1;
-            frontier.extend(stats.iter().filter(|(_, s)| s.parent == pid).map(|(child, _)| *child));
+            frontier.extend(children.get(&pid).into_iter().flatten().copied());
         }
     }
     sample
