@@ -84,7 +84,7 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
-        for name in ["direct", "stockpulse", "litellm", "portkey", "2000/s", "saturation"] {
+        for name in ["direct", "floor", "stockpulse", "litellm", "portkey", "2000/s", "saturation"] {
             assert!(svg.contains(name), "{name} missing from the chart");
         }
     }

@@ -40,7 +40,7 @@ struct Args {
     /// Requests per second, or `max` for saturation.
     #[arg(long, value_delimiter = ',', default_value = "500,2000,max")]
     rates: Vec<Rate>,
-    #[arg(long, value_delimiter = ',', value_enum, default_value = "direct,stockpulse,litellm,portkey")]
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "direct,floor,stockpulse,litellm,portkey")]
     targets: Vec<TargetKind>,
     /// Connections the load generator keeps open.
     #[arg(long, default_value_t = 32)]
@@ -49,6 +49,9 @@ struct Args {
     oha: PathBuf,
     #[arg(long)]
     fake_upstream: PathBuf,
+    /// The `bare-proxy` binary (the floor target).
+    #[arg(long)]
+    floor: Option<PathBuf>,
     /// The `stockpulse-local` binary (an optimised build).
     #[arg(long)]
     gateway: PathBuf,
@@ -93,6 +96,11 @@ async fn main() -> ExitCode {
 fn description(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Direct => "the fake upstream called directly (the baseline).",
+        TargetKind::Floor => {
+            "the least a proxy can do: axum on tokio taking the request, one pooled reqwest client forwarding its body upstream \
+             with a bearer key, the answer passed back; no checks, no storage, no log. What it adds over direct is the price of \
+             the extra hop itself on this machine."
+        }
         TargetKind::Stockpulse => {
             "our local gateway on embedded storage: token check, the workspace's key from the vault (in memory after the first request), \
              rate limit + quota + usage in one SQLite transaction per request, key injected, answer redacted and its token usage priced."
@@ -120,6 +128,7 @@ async fn run(args: Args) -> Result<(), String> {
     let keys = UpstreamKeys::new();
     let (upstream, upstream_process) = start_upstream(&args.fake_upstream, &keys, &work).await?;
     let programs = Programs {
+        floor: args.floor.clone(),
         gateway: args.gateway.clone(),
         litellm: args.litellm.clone(),
         litellm_workers: args.litellm_workers,
@@ -179,7 +188,7 @@ async fn start_upstream(program: &Path, keys: &UpstreamKeys, work: &Path) -> Res
     let port = targets::free_port()?;
     let mut command = Command::new(program);
     command.arg("--port").arg(port.to_string());
-    let named: Vec<String> = [TargetKind::Direct, TargetKind::Stockpulse, TargetKind::Litellm, TargetKind::Portkey]
+    let named: Vec<String> = [TargetKind::Direct, TargetKind::Floor, TargetKind::Stockpulse, TargetKind::Litellm, TargetKind::Portkey]
         .iter()
         .map(|kind| format!("{}={}", kind.name(), keys.for_target(*kind)))
         .collect();

@@ -146,6 +146,21 @@ pub fn judge_goals(report: &Report) -> Vec<Goal> {
             });
         }
     }
+    // Not a goal of the issue, but what the budgets above must be read against: the latency one
+    // proxy hop adds on this machine when the proxy does nothing else.
+    let floor = report.phase("floor", at);
+    let pair = |p: Option<&Phase>| Some((p?.added_p50_ms?, p?.added_p99_ms?));
+    goals.push(Goal {
+        goal: "for reference: added latency of a bare proxy hop (floor) at 2,000 req/s, and ours above it (p50 / p99)".into(),
+        measured: match (pair(floor), pair(ours)) {
+            (Some((f50, f99)), Some((o50, o99))) => {
+                format!("floor {f50:.3} / {f99:.3} ms; ours {:.3} / {:.3} ms above the floor", o50 - f50, o99 - f99)
+            }
+            (Some((f50, f99)), None) => format!("floor {f50:.3} / {f99:.3} ms"),
+            _ => "not measured".into(),
+        },
+        met: None,
+    });
     let ours_max = report.phase("stockpulse", Rate::Max);
     let direct_max = report.phase("direct", Rate::Max);
     goals.push(Goal {
@@ -373,11 +388,12 @@ pub(crate) mod tests {
         }
     }
 
-    /// Direct 0.2/0.4 ms; ours 0.45/1.2 (added 0.25 / 0.8); LiteLLM added 10 / 30; Portkey 1 / 5.
+    /// Direct 0.2/0.4 ms; floor 0.35/0.9 (added 0.15 / 0.5); ours 0.45/1.2 (added 0.25 / 0.8); LiteLLM added 10 / 30; Portkey 1 / 5.
     pub(crate) fn sample() -> Report {
         let at = Rate::PerSecond(2000);
         let mut targets = vec![
             target("direct", &[(at, 0.2, 0.4, 2000.0), (Rate::Max, 0.5, 2.0, 40_000.0)]),
+            target("floor", &[(at, 0.35, 0.9, 2000.0)]),
             target("stockpulse", &[(at, 0.45, 1.2, 2000.0), (Rate::Max, 3.0, 8.0, 10_000.0)]),
             target("litellm", &[(at, 10.2, 30.4, 150.0)]),
             target("portkey", &[(at, 1.2, 5.4, 1900.0)]),
@@ -410,6 +426,8 @@ pub(crate) mod tests {
         assert_eq!(litellm_p50.met, Some(true), "{}", litellm_p50.measured);
         let portkey_p50 = report.goals.iter().find(|g| g.goal.contains("p50") && g.goal.contains("portkey")).unwrap();
         assert_eq!(portkey_p50.met, Some(false), "{}", portkey_p50.measured);
+        let floor = report.goals.iter().find(|g| g.goal.contains("floor")).unwrap();
+        assert_eq!(floor.measured, "floor 0.150 / 0.500 ms; ours 0.100 / 0.300 ms above the floor");
         let markdown = markdown(&report);
         assert!(markdown.contains("| stockpulse | 2000 | 0.450 |"), "{markdown}");
         assert!(markdown.contains("## saturation") && markdown.contains("**no**"), "{markdown}");

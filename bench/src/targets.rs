@@ -1,5 +1,6 @@
-//! The four things a benchmark sends the same request through: the upstream itself, our local
-//! gateway, LiteLLM's proxy and Portkey's gateway. Each is started the way its users run it,
+//! The things a benchmark sends the same request through: the upstream itself, a bare
+//! pass-through proxy (the floor of any proxy hop), our local gateway, LiteLLM's proxy and
+//! Portkey's gateway. Each is started the way its users run it,
 //! pointed at the one fake upstream, and checked with one request before it is measured.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ pub const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user"
 pub enum TargetKind {
     /// The fake upstream, called directly: the baseline.
     Direct,
+    /// `bare-proxy` (this repository): axum + one reqwest client forwarding the body with a
+    /// bearer key, nothing else. The floor of what any proxy hop costs on the machine.
+    Floor,
     /// Our local gateway (`stockpulse-local`, embedded backend): token check, key from the vault,
     /// quota + rate limit + usage in one SQLite write, key injected, answer redacted.
     Stockpulse,
@@ -30,6 +34,7 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
+            TargetKind::Floor => "floor",
             TargetKind::Stockpulse => "stockpulse",
             TargetKind::Litellm => "litellm",
             TargetKind::Portkey => "portkey",
@@ -60,6 +65,7 @@ impl RequestSpec {
 /// run; only names are ever written out.
 pub struct UpstreamKeys {
     pub direct: String,
+    pub floor: String,
     pub stockpulse: String,
     pub litellm: String,
     pub portkey: String,
@@ -70,6 +76,7 @@ impl UpstreamKeys {
         let unique = || uuid::Uuid::new_v4().simple().to_string();
         UpstreamKeys {
             direct: format!("sk-bench-direct-{}", unique()),
+            floor: format!("sk-bench-floor-{}", unique()),
             stockpulse: format!("sk-proj-benchcanary{}", unique()),
             litellm: format!("sk-bench-litellm-{}", unique()),
             portkey: format!("sk-bench-portkey-{}", unique()),
@@ -79,6 +86,7 @@ impl UpstreamKeys {
     pub fn for_target(&self, kind: TargetKind) -> &str {
         match kind {
             TargetKind::Direct => &self.direct,
+            TargetKind::Floor => &self.floor,
             TargetKind::Stockpulse => &self.stockpulse,
             TargetKind::Litellm => &self.litellm,
             TargetKind::Portkey => &self.portkey,
@@ -88,6 +96,7 @@ impl UpstreamKeys {
 
 /// Where the programs under test are.
 pub struct Programs {
+    pub floor: Option<PathBuf>,
     pub gateway: PathBuf,
     pub litellm: Option<PathBuf>,
     pub litellm_workers: u32,
@@ -133,6 +142,7 @@ pub async fn start(kind: TargetKind, programs: &Programs, upstream: &str, keys: 
             request: RequestSpec::chat(format!("{upstream}/v1/chat/completions"), &keys.direct),
             version: "fake-openai (this repository)".into(),
         }),
+        TargetKind::Floor => start_floor(programs, upstream, keys, work).await,
         TargetKind::Stockpulse => start_stockpulse(programs, upstream, keys, work).await,
         TargetKind::Litellm => start_litellm(programs, upstream, keys, work).await,
         TargetKind::Portkey => start_portkey(programs, upstream, keys, work).await,
@@ -203,6 +213,23 @@ async fn start_stockpulse(programs: &Programs, upstream: &str, keys: &UpstreamKe
         process: Some(process),
         request: RequestSpec::chat(format!("{base}/proxy/openai/chat/completions"), &token),
         version,
+    })
+}
+
+async fn start_floor(programs: &Programs, upstream: &str, keys: &UpstreamKeys, work: &Path) -> Result<Running, String> {
+    let bare = programs.floor.as_ref().ok_or("the bare proxy is not built (--floor)")?;
+    let port = free_port()?;
+    let mut command = Command::new(bare);
+    command.arg("--upstream").arg(upstream).arg("--port").arg(port.to_string()).env("BARE_PROXY_KEY", &keys.floor);
+    let mut process = Managed::spawn("floor", command, work)?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_up(&mut process, &format!("{base}/v1/models"), Duration::from_secs(30)).await?;
+    Ok(Running {
+        kind: TargetKind::Floor,
+        process: Some(process),
+        // The client's bearer is not checked; the proxy sends its own key upstream.
+        request: RequestSpec::chat(format!("{base}/v1/chat/completions"), "unchecked"),
+        version: "bare-proxy (this repository)".into(),
     })
 }
 

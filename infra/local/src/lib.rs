@@ -123,18 +123,10 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
         }
     }
 
-    let mut builder = http::Request::builder().method(parts.method).uri(parts.uri).version(parts.version);
-    for (name, value) in &parts.headers {
-        builder = builder.header(name, value);
-    }
+    // The request's own parts go on as they are (no copy of the headers): only the body and the
+    // API Gateway context change.
     let body = if bytes.is_empty() { LambdaBody::Empty } else { LambdaBody::Binary(bytes.to_vec()) };
-    let Ok(request) = builder.body(body) else {
-        return to_axum(error_response(
-            &ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be read"),
-            &request_id,
-        ));
-    };
-    let request = request.with_request_context(RequestContext::ApiGatewayV2(context));
+    let request = http::Request::from_parts(parts, body).with_request_context(RequestContext::ApiGatewayV2(context));
     match stockpulse_shared::http::route_request_streaming(&gateway.app, request).await {
         Reply::Full(response) => to_axum(response),
         Reply::Stream(response) => {
