@@ -138,6 +138,15 @@ impl SseUsageReader {
 /// For an OpenAI-style streamed chat request without `stream_options.include_usage`, the body
 /// with it set, so that the stream ends with a usage chunk. `None`: leave the body as it is.
 pub fn with_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
+    /// Only `stream` is read first: most requests do not stream and need no rewrite.
+    #[derive(serde::Deserialize)]
+    struct Streaming {
+        #[serde(default)]
+        stream: Option<Value>,
+    }
+    if serde_json::from_slice::<Streaming>(body).ok()?.stream != Some(Value::Bool(true)) {
+        return None;
+    }
     let mut json: Value = serde_json::from_slice(body).ok()?;
     let object = json.as_object_mut()?;
     if object.get("stream").and_then(Value::as_bool) != Some(true) {

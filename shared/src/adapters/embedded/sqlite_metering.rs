@@ -195,6 +195,9 @@ fn meter_params<'a>(meter: &'a MeterKey, rest: &[&'a dyn ToSql]) -> Vec<&'a dyn 
 /// admission runs in a savepoint of its own and is all or nothing; one commit makes them durable.
 /// A failed commit turns every admitted verdict into the error (nothing was written).
 pub(super) fn admit_batch(conn: &mut Connection, admissions: &[&Admission]) -> Vec<Result<Verdict, StoreError>> {
+    if let [alone] = admissions {
+        return vec![admit_alone(conn, alone)];
+    }
     let mut tx = match write_tx(conn) {
         Ok(tx) => tx,
         Err(e) => return admissions.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect(),
@@ -209,6 +212,29 @@ pub(super) fn admit_batch(conn: &mut Connection, admissions: &[&Admission]) -> V
                 other => other,
             })
             .collect(),
+    }
+}
+
+/// An admission with no company (the common case below saturation): its transaction is its
+/// savepoint, which saves two statements per request.
+fn admit_alone(conn: &mut Connection, admission: &Admission) -> Result<Verdict, StoreError> {
+    let windows = Windows::of(admission.now);
+    let tx = write_tx(conn)?;
+    match write_admission(&tx, admission, &windows) {
+        Ok(Written::Admitted(counters)) => {
+            tx.commit().map_err(unavailable)?;
+            Ok(Verdict::Admitted(counters))
+        }
+        Ok(Written::Limited(limit)) => {
+            tx.rollback().map_err(unavailable)?;
+            Ok(Verdict::Limited { limit, counters: read_counters(conn, &admission.meter, &windows)? })
+        }
+        Ok(Written::KeyChanged) => {
+            tx.rollback().map_err(unavailable)?;
+            Ok(Verdict::KeyChanged)
+        }
+        // Dropping the transaction rolls it back.
+        Err(e) => Err(e),
     }
 }
 
