@@ -95,11 +95,14 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         // Checkpoints run on their own thread (see `checkpointer`), not inside a request's commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
+        // When the log starts over, a WAL file grown larger than this (a burst, or an older
+        // version of the store) is cut back.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         super::sqlite_metering::migrate(&conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let admissions = Arc::new(AdmissionWriter::start(conn.clone())?);
-        super::checkpointer::start(path, Arc::downgrade(&admissions))?;
+        super::checkpointer::start(path, Arc::downgrade(&admissions), Arc::downgrade(&conn))?;
         Ok(SqliteStore { conn, admissions })
     }
 
