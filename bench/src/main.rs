@@ -188,7 +188,7 @@ async fn start_upstream(program: &Path, keys: &UpstreamKeys, work: &Path) -> Res
     let port = targets::free_port()?;
     let mut command = Command::new(program);
     command.arg("--port").arg(port.to_string());
-    let named: Vec<String> = [TargetKind::Direct, TargetKind::Floor, TargetKind::Stockpulse, TargetKind::Litellm, TargetKind::Portkey]
+    let named: Vec<String> = <TargetKind as clap::ValueEnum>::value_variants()
         .iter()
         .map(|kind| format!("{}={}", kind.name(), keys.for_target(*kind)))
         .collect();

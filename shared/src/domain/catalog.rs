@@ -242,6 +242,13 @@ pub struct AnswerRule {
     pub outcome: TestOutcome,
 }
 
+impl AnswerRule {
+    /// Whether the rule looks at answers with this HTTP status at all.
+    pub fn applies_to_status(&self, status: u16) -> bool {
+        self.status.is_empty() || self.status.contains(&status)
+    }
+}
+
 /// The verdict of a test-connection call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -82,7 +82,7 @@ pub fn interpret(provider: &Provider, status: u16, body: &[u8]) -> (TestOutcome,
 }
 
 fn rule_matches(rule: &AnswerRule, status: u16, body: &str, json: Option<&serde_json::Value>) -> bool {
-    if !rule.status.is_empty() && !rule.status.contains(&status) {
+    if !rule.applies_to_status(status) {
         return false;
     }
     if let Some(pointer) = &rule.json_pointer {

@@ -56,8 +56,9 @@ pub(super) fn checkpoint_round(own: &Connection, shared: &Mutex<Connection>) -> 
     passive_checkpoint(&shared)
 }
 
-/// Checkpoints the database at `path` until `owner` is gone; `shared` is the store's connection.
-pub(super) fn start<T: Send + Sync + 'static>(path: &Path, owner: Weak<T>, shared: Weak<Mutex<Connection>>) -> Result<(), StoreError> {
+/// Checkpoints the database at `path` until the store's connection `shared` is gone (the store
+/// and its admission writer both hold it).
+pub(super) fn start(path: &Path, shared: Weak<Mutex<Connection>>) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(|e| StoreError::Unavailable(e.to_string()))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(|e| StoreError::Unavailable(e.to_string()))?;
     std::thread::Builder::new()
@@ -65,7 +66,7 @@ pub(super) fn start<T: Send + Sync + 'static>(path: &Path, owner: Weak<T>, share
         .spawn(move || {
             loop {
                 std::thread::sleep(EVERY);
-                let (Some(_owner), Some(shared)) = (owner.upgrade(), shared.upgrade()) else {
+                let Some(shared) = shared.upgrade() else {
                     return;
                 };
                 match checkpoint_round(&conn, &shared) {

@@ -102,7 +102,7 @@ impl SqliteStore {
         super::sqlite_metering::migrate(&conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let admissions = Arc::new(AdmissionWriter::start(conn.clone())?);
-        super::checkpointer::start(path, Arc::downgrade(&admissions), Arc::downgrade(&conn))?;
+        super::checkpointer::start(path, Arc::downgrade(&conn))?;
         Ok(SqliteStore { conn, admissions })
     }
 

@@ -61,7 +61,7 @@ pub(super) enum Judgement {
 /// 200 with an error body"); anything else becomes an envelope with the provider's message.
 pub(super) fn judge(provider: &Provider, status: u16, body: &[u8], redactor: &Redactor) -> Judgement {
     // The common case, decided without reading the body: a 2xx that no catalog rule looks at.
-    if (200..300).contains(&status) && !provider.test.rules.iter().any(|rule| rule.status.is_empty() || rule.status.contains(&status)) {
+    if (200..300).contains(&status) && !provider.test.rules.iter().any(|rule| rule.applies_to_status(status)) {
         return Judgement::Pass;
     }
     let (outcome, message) = interpret(provider, status, body);
