@@ -331,6 +331,15 @@ pub async fn key_changed_when_revoked(stores: &ProxyStores) {
     stores.keys.update(&revoked, 1, MaterialChange::Keep, draft(&f.ws, action::KEY_UPDATE, "openai", Some(&f.key.id))).await.unwrap();
     assert_key_changed(stores, &f, f.admission(base_time(), Limits::default())).await;
     assert_eq!(last_used(stores, &f).await, None);
+
+    // The same through the revoke port, which also frees the key's slot.
+    let f = fixture(stores, "meter-revoke-port").await;
+    let mut revoked = f.key.clone();
+    revoked.status = KeyStatus::Revoked;
+    revoked.version = 2;
+    stores.keys.revoke(&revoked, 1, draft(&f.ws, action::KEY_REVOKE, "openai", Some(&f.key.id))).await.unwrap();
+    assert_key_changed(stores, &f, f.admission(base_time(), Limits::default())).await;
+    assert_eq!(last_used(stores, &f).await, None);
 }
 
 pub async fn uncounted_admissions_pass_a_reached_limit_and_move_no_counter(stores: &ProxyStores) {

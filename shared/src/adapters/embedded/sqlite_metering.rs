@@ -8,8 +8,9 @@
 //!   one write transaction (`BEGIN IMMEDIATE`) and one commit, each in a savepoint of its own, in
 //!   arrival order (group commit, see `admission_writer`):
 //!   1. Key check: the key row (workspace, key id) must exist, its record's `key_version` must
-//!      equal the admission's and its status must not be `revoked`; otherwise nothing is written
-//!      and the verdict is `KeyChanged`. The row's `last_used_at` becomes `now` (never moves back).
+//!      equal the admission's and its status must not be `revoked` (read from the row's columns:
+//!      `key_version`, and `environment`, which holds the meter's environment only while the key
+//!      is not revoked); otherwise nothing is written and the verdict is `KeyChanged`. The row's `last_used_at` becomes `now` (never moves back).
 //!   2. A counted admission adds one request to the meter's minute, day and month windows, each
 //!      only while below its limit, and only while the month's tokens are below the token limit.
 //!      Limits are checked in `LimitKind::ALL` order; the first one reached rolls everything back
@@ -54,10 +55,9 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::sqlite_store::{SqliteStore, append_in, corrupt, parse_ts, ts, unavailable};
+use super::sqlite_store::{SqliteStore, append_in, column_exists, corrupt, parse_ts, ts, unavailable};
 use crate::domain::audit::{AuditDraft, AuditEntry};
 use crate::domain::environment::Environment;
-use crate::domain::keys::KeyStatus;
 use crate::domain::metering::{Counters, LimitKind, Limits, MeterKey, UsageCounts, UsageDay, UsageRecord, Windows};
 use crate::domain::notifications::{Notification, NotificationKind};
 use crate::domain::response_cache::CachedAnswer;
@@ -145,10 +145,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// `keys` of older data files lacks `last_used_at`; one code path (no column in the CREATE) means
 /// fresh files take the same route as old ones.
 fn add_last_used_column(conn: &Connection) -> Result<(), StoreError> {
-    let present: bool = conn
-        .query_row("SELECT EXISTS (SELECT 1 FROM pragma_table_info('keys') WHERE name = 'last_used_at')", [], |r| r.get(0))
-        .map_err(unavailable)?;
-    if !present {
+    if !column_exists(conn, "keys", "last_used_at")? {
         conn.execute_batch("ALTER TABLE keys ADD COLUMN last_used_at TEXT").map_err(unavailable)?;
     }
     Ok(())
@@ -290,8 +287,7 @@ fn touch_key(conn: &Connection, admission: &Admission) -> Result<bool, StoreErro
     let touched = conn
         .prepare_cached(
             "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, ''), ?3)
-             WHERE workspace = ?1 AND id = ?2
-               AND json_extract(doc, '$.key_version') = ?4 AND json_extract(doc, '$.status') <> ?5",
+             WHERE workspace = ?1 AND id = ?2 AND key_version = ?4 AND environment = ?5",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -299,7 +295,7 @@ fn touch_key(conn: &Connection, admission: &Admission) -> Result<bool, StoreErro
                 admission.key_id,
                 ts(&admission.now),
                 admission.key_version,
-                KeyStatus::Revoked.as_str()
+                admission.meter.environment.as_str()
             ])
         })
         .map_err(unavailable)?;
@@ -865,7 +861,7 @@ mod tests {
     use super::*;
     use crate::domain::access::{Caller, RequestMeta, Role};
     use crate::domain::audit::Outcome;
-    use crate::domain::keys::{Actor, KeyRecord};
+    use crate::domain::keys::{Actor, KeyRecord, KeyStatus};
     use crate::ports::{KeyStore, SealedMaterial};
 
     fn record(workspace: &str) -> KeyRecord {
@@ -905,16 +901,20 @@ mod tests {
         AuditDraft::new(&caller, &RequestMeta::default(), "key.create", Outcome::Success)
     }
 
-    /// A data file from before `last_used_at` opens, keeps its keys, and then records uses.
+    /// A data file from before `last_used_at` and `key_version` opens, keeps its keys, passes
+    /// the key check with the version its records hold (and only that one), and records uses.
     #[tokio::test]
-    async fn data_files_without_last_used_at_are_migrated() {
+    async fn data_files_without_the_key_columns_are_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stockpulse.db");
         let key = record("ws-1");
         let store = SqliteStore::open(&path).unwrap();
         store.insert(&key, &SealedMaterial { scheme: "test".into(), blob: vec![1; 16] }, draft("ws-1")).await.unwrap();
         drop(store);
-        Connection::open(&path).unwrap().execute_batch("ALTER TABLE keys DROP COLUMN last_used_at").unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE keys DROP COLUMN last_used_at; ALTER TABLE keys DROP COLUMN key_version")
+            .unwrap();
 
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(KeyStore::get(&store, "ws-1", &key.id).await.unwrap(), Some(key.clone()));
@@ -922,6 +922,8 @@ mod tests {
         let now = Utc::now();
         let admission =
             Admission { meter, key_id: key.id.clone(), key_version: 1, now, limits: Limits::default(), counted: true, usage: vec![] };
+        let stale = Admission { key_version: 2, ..admission.clone() };
+        assert!(matches!(store.admit(&stale).await.unwrap(), Verdict::KeyChanged));
         assert!(matches!(store.admit(&admission).await.unwrap(), Verdict::Admitted(_)));
         assert_eq!(KeyStore::get(&store, "ws-1", &key.id).await.unwrap().unwrap().last_used_at, Some(now));
         drop(store);

@@ -6,6 +6,9 @@
 //! newest entry's seq and hash, written in the same transaction as the entry).
 //! `keys.last_used_at` is kept beside the record (the proxy's admission sets it, see
 //! `sqlite_metering`) and overlaid onto every record read, so record writes never race it.
+//! `keys.key_version` repeats the record's, and `keys.environment` holds the key's environment
+//! exactly while it is not revoked (see `slot_column`): the admission's key check reads those two
+//! columns, never the JSON.
 //! Sees sealed material only, never plaintext.
 
 use std::path::Path;
@@ -99,6 +102,7 @@ impl SqliteStore {
         // version of the store) is cut back.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024).map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        add_key_version_column(&conn)?;
         super::sqlite_metering::migrate(&conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let admissions = Arc::new(AdmissionWriter::start(conn.clone())?);
@@ -150,6 +154,32 @@ fn expect_version(tx: &Transaction<'_>, workspace: &str, id: &str, expected: u64
 /// The `environment` column of a revoked key: unique per key, never a real environment.
 fn revoked_slot(id: &str) -> String {
     format!("revoked:{id}")
+}
+
+/// The UNIQUE (workspace, provider, environment) constraint is the slot: a revoked key gives it
+/// up by carrying a tombstone in the column (its record keeps the environment).
+fn slot_column(record: &KeyRecord) -> String {
+    if record.status == KeyStatus::Revoked { revoked_slot(&record.id) } else { record.environment.as_str().to_owned() }
+}
+
+/// Data files from before `keys.key_version` get the column, filled from the records, in one
+/// transaction (a half-done migration would leave keys that never pass the key check).
+fn add_key_version_column(conn: &Connection) -> Result<(), StoreError> {
+    if column_exists(conn, "keys", "key_version")? {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE keys ADD COLUMN key_version INTEGER;
+         UPDATE keys SET key_version = json_extract(doc, '$.key_version');
+         COMMIT;",
+    )
+    .map_err(unavailable)
+}
+
+pub(super) fn column_exists(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)", params![table, column], |r| r.get(0))
+        .map_err(unavailable)
 }
 
 fn record_doc(record: &KeyRecord) -> Result<String, StoreError> {
@@ -269,8 +299,16 @@ impl KeyStore for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let inserted = tx.execute(
-                "INSERT INTO keys (workspace, id, provider, environment, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![record.workspace, record.id, record.provider, record.environment.as_str(), record.version, record_doc(&record)?],
+                "INSERT INTO keys (workspace, id, provider, environment, version, doc, key_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    record.workspace,
+                    record.id,
+                    record.provider,
+                    slot_column(&record),
+                    record.version,
+                    record_doc(&record)?,
+                    record.key_version
+                ],
             );
             match inserted {
                 Err(e) if is_unique_violation(&e) => return Err(StoreError::SlotTaken),
@@ -378,17 +416,17 @@ impl KeyStore for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             let changed = tx.execute(
-                "UPDATE keys SET provider = ?3, environment = ?4, version = ?5, doc = ?6
+                "UPDATE keys SET provider = ?3, environment = ?4, version = ?5, doc = ?6, key_version = ?8
                  WHERE workspace = ?1 AND id = ?2 AND version = ?7",
                 params![
                     record.workspace,
                     record.id,
                     record.provider,
-                    // A revoked record keeps its tombstone: the slot stays free.
-                    if record.status == KeyStatus::Revoked { revoked_slot(&record.id) } else { record.environment.as_str().to_owned() },
+                    slot_column(&record),
                     record.version,
                     record_doc(&record)?,
-                    expected_version
+                    expected_version,
+                    record.key_version
                 ],
             );
             let changed = match changed {
@@ -451,11 +489,9 @@ impl KeyStore for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             expect_version(&tx, &record.workspace, &record.id, expected_version)?;
-            // The UNIQUE (workspace, provider, environment) constraint is the slot: a revoked key
-            // gives it up by carrying a tombstone in the column (its record keeps the environment).
             tx.execute(
-                "UPDATE keys SET doc = ?3, version = ?4, environment = ?5 WHERE workspace = ?1 AND id = ?2",
-                params![record.workspace, record.id, record_doc(&record)?, record.version, revoked_slot(&record.id)],
+                "UPDATE keys SET doc = ?3, version = ?4, environment = ?5, key_version = ?6 WHERE workspace = ?1 AND id = ?2",
+                params![record.workspace, record.id, record_doc(&record)?, record.version, revoked_slot(&record.id), record.key_version],
             )
             .map_err(unavailable)?;
             tx.execute("DELETE FROM key_material WHERE workspace = ?1 AND key_id = ?2", params![record.workspace, record.id])
