@@ -6,9 +6,23 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// HTTP client and TLS internals stay at `warn` whatever `RUST_LOG` asks: at debug level they
-/// would log outgoing request lines, and a provider URL can carry a key in its query.
-pub const QUIET_INTERNALS: [&str; 5] = ["reqwest=warn", "hyper=warn", "hyper_util=warn", "h2=warn", "rustls=warn"];
+/// Library internals that would log what they carry stay quiet whatever `RUST_LOG` asks: at debug
+/// level the HTTP crates log outgoing request lines (a provider URL can carry a key in its query);
+/// at trace level the AWS SDK's orchestrator logs whole request bodies (a Secrets Manager
+/// `PutSecretValue` carries the plaintext credential) and the Lambda runtime logs every raw event
+/// (the body of `POST /api/keys` is the credential).
+pub const QUIET_INTERNALS: [&str; 10] = [
+    "lambda_runtime=info",
+    "reqwest=warn",
+    "hyper=warn",
+    "hyper_util=warn",
+    "h2=warn",
+    "rustls=warn",
+    "aws_smithy_runtime=warn",
+    "aws_smithy_runtime_api=warn",
+    "aws_smithy_http=warn",
+    "aws_smithy_http_client=warn",
+];
 
 /// The log filter: `RUST_LOG` (default `info`) with the HTTP internals kept quiet.
 pub fn filter(default: &str) -> EnvFilter {

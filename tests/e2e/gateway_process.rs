@@ -40,7 +40,7 @@ pub fn start_with_args(data_dir: &std::path::Path, dev: bool, args: &[&str], env
         command.arg("--dev");
     }
     command.args(args);
-    command.env_remove("STOCKPULSE_DEV").env("STOCKPULSE_LOG_FORMAT", "json").env("RUST_LOG", "debug");
+    command.env_remove("STOCKPULSE_DEV").env("STOCKPULSE_LOG_FORMAT", "json").env("RUST_LOG", "trace");
     for (name, value) in envs {
         command.env(name, value);
     }

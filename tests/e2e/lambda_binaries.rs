@@ -860,7 +860,7 @@ impl Fleet {
                 ("AWS_SECRET_ACCESS_KEY", secret.clone()),
                 ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
                 ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned()),
-                ("RUST_LOG", "debug".to_owned()),
+                ("RUST_LOG", "trace".to_owned()),
                 ("STOCKPULSE_DATA_DIR", data_dir.display().to_string()),
                 ("STOCKPULSE_UPSTREAM_OPENAI", upstream.uri()),
             ];
