@@ -121,6 +121,45 @@ async fn editing_one_audit_row_in_the_sqlite_file_is_reported_by_verify() {
 }
 
 #[tokio::test]
+async fn a_row_edited_into_another_type_is_named_by_verify() {
+    // Found by the audit property (`properties.rs`): an unreadable row was reported as the first
+    // entry of its batch (entry 1), and a BLOB in `time`, `role`, `outcome` or `environment`
+    // made verify answer 503 instead of reporting the tampering.
+    let server = TestServer::start().await;
+    let admin = server.token("admin", "ws-audit-5").await;
+    for p in ["openai", "groq", "mistral"] {
+        server.client.post_json("/api/keys", Some(&admin), &json!({"provider": p, "credentials": {"api_key": canary("k")}})).await;
+    }
+    let db = rusqlite::Connection::open(server.sqlite_path()).unwrap();
+    let verify = || async { server.client.get("/api/audit/verify", Some(&admin)).await };
+
+    db.execute("UPDATE audit SET prev_hash = X'D9' WHERE workspace = 'ws-audit-5' AND seq = 2", []).unwrap();
+    let report = verify().await;
+    assert_eq!(
+        (report.status, report.json["ok"].clone(), report.json["first_bad"].clone()),
+        (200, json!(false), json!(2)),
+        "{}",
+        report.text
+    );
+
+    db.execute(
+        "UPDATE audit SET prev_hash = (SELECT hash FROM audit WHERE workspace = 'ws-audit-5' AND seq = 1)
+         WHERE workspace = 'ws-audit-5' AND seq = 2",
+        [],
+    )
+    .unwrap();
+    assert_eq!(verify().await.json["ok"], true, "restored");
+    db.execute("UPDATE audit SET time = X'00' WHERE workspace = 'ws-audit-5' AND seq = 3", []).unwrap();
+    let report = verify().await;
+    assert_eq!(
+        (report.status, report.json["ok"].clone(), report.json["first_bad"].clone()),
+        (200, json!(false), json!(3)),
+        "{}",
+        report.text
+    );
+}
+
+#[tokio::test]
 async fn a_mutation_whose_audit_entry_cannot_be_written_does_not_happen() {
     let server = TestServer::start().await;
     let admin = server.token("admin", "ws-audit-4").await;

@@ -212,3 +212,157 @@ mod tests {
         assert_eq!(query_pairs(None, &[]).unwrap(), vec![]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use percent_encoding::percent_decode_str;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::catalog::catalog;
+
+    /// Every base URL of the catalog, plus the shapes an operator override takes (a port, a path).
+    fn bases() -> Vec<String> {
+        let mut bases: Vec<String> = catalog().providers.iter().flat_map(|p| p.environments.iter().map(|e| e.base_url.clone())).collect();
+        bases.extend(["http://127.0.0.1:9000".to_owned(), "http://127.0.0.1:9000/mock/v1".to_owned()]);
+        bases.sort();
+        bases.dedup();
+        bases
+    }
+
+    /// Pieces that escapes are made of, and ordinary segments for them to hide between.
+    fn path_piece() -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            "/",
+            "//",
+            "..",
+            ".",
+            "..;",
+            ".;x=1",
+            "%2e",
+            "%2E",
+            "%2e%2e",
+            ".%2e",
+            "%2e.",
+            "%252e",
+            "%2f",
+            "%2F",
+            "%5c",
+            "%5C",
+            "\\",
+            "@",
+            "%40",
+            ":",
+            "?",
+            "#",
+            ";",
+            "%",
+            "%2",
+            "%zz",
+            "%25",
+            "%00",
+            "%0d%0a",
+            "%20",
+            " ",
+            "\t",
+            "\r\n",
+            "//evil.com",
+            "http://x",
+            "https://evil.test/",
+            "http:",
+            "evil.com",
+            "user:pass@",
+            "[::1]",
+            "127.0.0.1:22",
+            "v1",
+            "models",
+            "X:BTCUSD",
+            "..%2f",
+            "%2e%2e%5c",
+            "\u{ff0e}\u{ff0e}",
+            "\u{2215}",
+            "caf\u{e9}",
+            "\u{0}",
+            "~",
+            "a",
+        ];
+        prop_oneof![
+            4 => prop::sample::select(PIECES).prop_map(str::to_owned),
+            1 => any::<u8>().prop_map(|b| format!("%{b:02X}")),
+            1 => any::<u8>().prop_map(|b| format!("%{b:02x}")),
+            1 => any::<char>().prop_map(String::from),
+            2 => "[a-zA-Z0-9._~:-]{1,8}",
+        ]
+    }
+
+    fn raw_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Mostly rooted, so that the checks past the leading `/` are reached.
+            6 => (any::<bool>(), prop::collection::vec(path_piece(), 0..12)).prop_map(|(rooted, pieces)| {
+                let body = pieces.concat();
+                if rooted && !body.starts_with('/') { format!("/{body}") } else { body }
+            }),
+            1 => any::<String>(),
+            1 => "(/[a-zA-Z0-9._~%:@;-]{0,6}){0,6}",
+        ]
+    }
+
+    /// The segment-wise prefix test, independent of `join`'s own: `/v1x` does not lie below `/v1`.
+    fn lies_below(path: &str, prefix: &str) -> bool {
+        path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    fn assert_stays_on_base(base: &str, joined: &Url) -> Result<(), TestCaseError> {
+        let base_url = Url::parse(base).unwrap();
+        prop_assert_eq!(joined.scheme(), base_url.scheme());
+        prop_assert_eq!(joined.host_str(), base_url.host_str());
+        prop_assert_eq!(joined.port_or_known_default(), base_url.port_or_known_default());
+        prop_assert!(joined.username().is_empty() && joined.password().is_none(), "credentials in {joined}");
+        let prefix = base_url.path().trim_end_matches('/');
+        prop_assert!(lies_below(joined.path(), prefix), "{} is not below {prefix:?}", joined.path());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_checked_path_never_leaves_the_provider_prefix(base in prop::sample::select(bases()), raw in raw_path()) {
+            let Ok(checked) = normalize_path(&raw) else { return Ok(()) };
+            // Refused, never repaired: what was checked is what is sent.
+            prop_assert_eq!(&checked, &raw);
+            let Ok(joined) = join(&base, &checked) else { return Ok(()) };
+            assert_stays_on_base(&base, &joined)?;
+            let prefix = Url::parse(&base).unwrap().path().trim_end_matches('/').to_owned();
+            let expected = if prefix.is_empty() && checked.is_empty() { "/".to_owned() } else { format!("{prefix}{checked}") };
+            prop_assert_eq!(joined.path(), expected.as_str(), "the URL parser rewrote the path");
+            // What an upstream sees after decoding once: no new separators, no dot segments, and
+            // nothing left to decode a second time.
+            for segment in joined.path()[prefix.len()..].split('/') {
+                let decoded = percent_decode_str(segment).decode_utf8_lossy();
+                prop_assert!(decoded != "." && decoded != "..", "dot segment {segment:?} in {joined}");
+                prop_assert!(!decoded.contains(['/', '\\']), "separator hidden in {segment:?}");
+                prop_assert_eq!(percent_decode_str(&decoded).decode_utf8_lossy(), decoded.clone(), "double encoding in {:?}", segment);
+            }
+        }
+
+        #[test]
+        fn join_alone_never_leaves_the_provider_prefix(base in prop::sample::select(bases()), raw in raw_path()) {
+            // Defence in depth: even a path the normalizer never saw cannot change the host here.
+            if let Ok(joined) = join(&base, &raw) {
+                assert_stays_on_base(&base, &joined)?;
+            }
+        }
+
+        #[test]
+        fn ordinary_paths_are_accepted_unchanged(
+            base in prop::sample::select(bases()),
+            raw in "(/[a-zA-Z0-9_~-]([a-zA-Z0-9._~:-]{0,10}[a-zA-Z0-9_~-])?){1,6}/?",
+        ) {
+            // The property above would hold for a normalizer that refuses everything.
+            prop_assert_eq!(normalize_path(&raw), Ok(raw.clone()));
+            let joined = join(&base, &raw).unwrap();
+            assert_stays_on_base(&base, &joined)?;
+        }
+    }
+}

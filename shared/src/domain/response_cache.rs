@@ -106,3 +106,143 @@ mod tests {
         assert_eq!(catalog_ttl(catalog().provider("openai").unwrap(), "POST", "/chat/completions"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Request {
+        workspace: String,
+        environment: Environment,
+        provider: String,
+        method: String,
+        path: String,
+        query: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Request {
+        fn key(&self) -> String {
+            cache_key(&CacheRequest {
+                workspace: &self.workspace,
+                environment: self.environment,
+                provider: &self.provider,
+                method: &self.method,
+                path: &self.path,
+                query: &self.query,
+                body: &self.body,
+            })
+        }
+
+        /// What must decide the answer: every part, the query as a multiset.
+        fn canonical(&self) -> Request {
+            let mut query = self.query.clone();
+            query.sort();
+            Request { query, ..self.clone() }
+        }
+    }
+
+    /// Tiny alphabets, so that two independent requests are often equal, or equal but for one part.
+    fn tiny_request() -> impl Strategy<Value = Request> {
+        let text = || "[ab]{0,2}";
+        (
+            text(),
+            prop::sample::select(Environment::ALL.to_vec()),
+            text(),
+            text(),
+            text(),
+            prop::collection::vec((text(), text()), 0..3),
+            prop::collection::vec(0u8..2, 0..3),
+        )
+            .prop_map(|(workspace, environment, provider, method, path, query, body)| Request {
+                workspace,
+                environment,
+                provider,
+                method,
+                path,
+                query,
+                body,
+            })
+    }
+
+    /// The same text in provider, method, path and the query's names and values, cut into those
+    /// parts at other places: what an encoding without lengths could not tell apart.
+    fn resplit(request: &Request, cuts: &[prop::sample::Index]) -> Request {
+        let mut parts = vec![request.provider.clone(), request.method.clone(), request.path.clone()];
+        parts.extend(request.query.iter().flat_map(|(name, value)| [name.clone(), value.clone()]));
+        let text: String = parts.concat();
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(text.len() + 1)).collect();
+        at.sort();
+        let bounds: Vec<usize> = std::iter::once(0).chain(at).chain(std::iter::once(text.len())).collect();
+        let parts: Vec<String> = bounds.windows(2).map(|w| text[w[0]..w[1]].to_owned()).collect();
+        Request {
+            provider: parts[0].clone(),
+            method: parts[1].clone(),
+            path: parts[2].clone(),
+            query: parts[3..].chunks(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect(),
+            ..request.clone()
+        }
+    }
+
+    fn realistic_request() -> impl Strategy<Value = Request> {
+        (
+            "ws-[a-z0-9]{1,12}|\\PC{0,16}",
+            prop::sample::select(Environment::ALL.to_vec()),
+            "[a-z]{2,10}",
+            prop::sample::select(vec!["GET", "POST", "get", "HEAD"]),
+            "(/[a-zA-Z0-9._:-]{1,8}){0,4}",
+            prop::collection::vec(("[a-z_]{1,8}", "\\PC{0,8}"), 0..5),
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(workspace, environment, provider, method, path, query, body)| Request {
+                workspace,
+                environment,
+                provider,
+                method: method.to_owned(),
+                path,
+                query,
+                body,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn requests_of_different_workspaces_never_share_a_key(request in realistic_request(), other in "ws-[a-z0-9]{1,12}|\\PC{0,16}") {
+            // The stores also file entries under the workspace; the key alone already separates them.
+            prop_assume!(other != request.workspace);
+            let elsewhere = Request { workspace: other, ..request.clone() };
+            prop_assert_ne!(request.key(), elsewhere.key());
+        }
+
+        #[test]
+        fn the_same_request_always_gets_the_same_key(
+            (request, shuffled) in realistic_request().prop_flat_map(|r| (Just(r.clone()), Just(r.query).prop_shuffle())),
+        ) {
+            let reordered = Request { query: shuffled, ..request.clone() };
+            prop_assert_eq!(request.key(), request.clone().key());
+            prop_assert_eq!(request.key(), reordered.key(), "the query's order changed the key");
+            prop_assert!(request.key().len() == 64 && request.key().bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+
+        #[test]
+        fn keys_are_equal_exactly_when_the_requests_are(a in tiny_request(), b in tiny_request()) {
+            prop_assert_eq!(a.key() == b.key(), a.canonical() == b.canonical(), "{:?} / {:?}", a, b);
+        }
+
+        #[test]
+        fn moving_where_one_part_ends_and_the_next_begins_changes_the_key(
+            (a, cuts) in tiny_request().prop_flat_map(|a| {
+                let parts = 3 + 2 * a.query.len();
+                (Just(a), prop::collection::vec(any::<prop::sample::Index>(), parts - 1))
+            }),
+        ) {
+            let b = resplit(&a, &cuts);
+            prop_assert_eq!(a.key() == b.key(), a.canonical() == b.canonical(), "{:?} / {:?}", a, b);
+        }
+    }
+}

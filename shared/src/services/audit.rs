@@ -41,9 +41,16 @@ impl AuditService {
     pub async fn verify(&self, caller: &Caller) -> Result<ChainReport, ServiceError> {
         let mut verifier = ChainVerifier::new();
         let mut after = 0;
+        let mut batch_size = VERIFY_BATCH;
         loop {
-            let batch = match self.log.chain_slice(&caller.workspace, after, VERIFY_BATCH).await {
+            let batch = match self.log.chain_slice(&caller.workspace, after, batch_size).await {
                 Ok(batch) => batch,
+                // One row of the batch cannot be read: go on one row at a time, so that the report
+                // names that row (or a break before it), not the first row of the batch.
+                Err(StoreError::Corrupt(_)) if batch_size > 1 => {
+                    batch_size = 1;
+                    continue;
+                }
                 // A row edited into something unreadable is tampering too, not an outage.
                 Err(StoreError::Corrupt(detail)) => {
                     return Ok(ChainReport {
@@ -57,7 +64,7 @@ impl AuditService {
             };
             let Some(last) = batch.last() else { break };
             after = last.seq;
-            let full = batch.len() == VERIFY_BATCH;
+            let full = batch.len() == batch_size;
             for entry in &batch {
                 verifier.feed(entry);
             }

@@ -254,11 +254,13 @@ pub(super) fn append_in(tx: &Transaction<'_>, draft: AuditDraft) -> Result<Audit
 }
 
 fn audit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEntry, StoreError>> {
-    let time: String = row.get("time")?;
-    let role: String = row.get("role")?;
-    let outcome: String = row.get("outcome")?;
-    let environment: Option<String> = row.get("environment")?;
+    // Every column is read as `Corrupt` on failure: a value edited to another type (a BLOB in
+    // `time`) is tampering for `verify` to report, not an unavailable store.
     let build = || -> Result<AuditEntry, StoreError> {
+        let time: String = row.get("time").map_err(corrupt)?;
+        let role: String = row.get("role").map_err(corrupt)?;
+        let outcome: String = row.get("outcome").map_err(corrupt)?;
+        let environment: Option<String> = row.get("environment").map_err(corrupt)?;
         Ok(AuditEntry {
             seq: row.get("seq").map_err(corrupt)?,
             id: row.get("id").map_err(corrupt)?,
