@@ -68,6 +68,12 @@ impl App {
 
     /// DynamoDB for records and audit; the KMS vault (or the local one, for trying it out).
     pub async fn aws(config: &Config, sdk: &aws_config::SdkConfig, clock: Arc<dyn Clock>) -> Result<App, StartupError> {
+        let (stores, vault) = App::aws_parts(config, sdk).await?;
+        App::from_parts(config, stores, vault, clock)
+    }
+
+    /// The stores and vault `App::aws` is built from (tests wrap them to inject faults).
+    pub async fn aws_parts(config: &Config, sdk: &aws_config::SdkConfig) -> Result<(Stores, Arc<dyn KeyVault>), StartupError> {
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table.clone());
         if config.create_table {
             store.create_table_if_missing().await.map_err(|e| StartupError(e.to_string()))?;
@@ -109,13 +115,27 @@ impl App {
             let events = aws_sdk_eventbridge::Client::new(sdk);
             stores.notifications = Arc::new(PublishingNotifications::new(stores.notifications, events, bus.clone()));
         }
-        App::from_parts(config, stores, vault, clock)
+        Ok((stores, vault))
     }
 
     /// The app over given stores and vault (tests wrap a port to inject faults).
     pub fn from_parts(config: &Config, stores: Stores, vault: Arc<dyn KeyVault>, clock: Arc<dyn Clock>) -> Result<App, StartupError> {
-        let upstream: Arc<dyn crate::ports::UpstreamClient> =
-            Arc::new(ReqwestUpstream::new(config.upstream_limits).map_err(|e| StartupError(e.to_string()))?);
+        App::from_parts_with_upstream(config, stores, vault, clock, App::upstream_client(config)?)
+    }
+
+    /// The HTTP client for providers that `from_parts` uses.
+    pub fn upstream_client(config: &Config) -> Result<Arc<dyn crate::ports::UpstreamClient>, StartupError> {
+        Ok(Arc::new(ReqwestUpstream::new(config.upstream_limits).map_err(|e| StartupError(e.to_string()))?))
+    }
+
+    /// `from_parts` with a given HTTP client for providers (tests wrap it to inject faults).
+    pub fn from_parts_with_upstream(
+        config: &Config,
+        stores: Stores,
+        vault: Arc<dyn KeyVault>,
+        clock: Arc<dyn Clock>,
+        upstream: Arc<dyn crate::ports::UpstreamClient>,
+    ) -> Result<App, StartupError> {
         let key_cache = Arc::new(KeyCache::new(config.key_cache_ttl));
         let proxy = Arc::new(ProxyService::new(
             catalog(),

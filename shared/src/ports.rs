@@ -67,6 +67,12 @@ pub trait KeyVault: Send + Sync {
     async fn forget(&self, _workspace: &str, _key_id: &str) -> Result<(), VaultError> {
         Ok(())
     }
+    /// Undoes `forget` while the vault still can (Secrets Manager: a secret scheduled for deletion
+    /// is restored): a delete that released the material and then could not remove the record puts
+    /// it back. Vaults that keep nothing outside the store: no-op.
+    async fn restore(&self, _workspace: &str, _key_id: &str) -> Result<(), VaultError> {
+        Ok(())
+    }
     /// Seals a rotation's pending version. Vaults with staging labels (Secrets Manager) stage it
     /// as pending; the others seal it like any version.
     async fn seal_pending(&self, binding: Binding<'_>, credentials: &Credentials) -> Result<SealedMaterial, VaultError> {
@@ -389,7 +395,8 @@ pub trait MeterStore: Send + Sync {
 }
 
 /// The proxy's response cache. Entries are found by the key `domain::response_cache::cache_key`
-/// computes (which covers the workspace) and grouped by workspace + provider for purges.
+/// computes (which covers the workspace and the key version) and grouped by workspace + provider
+/// for purges.
 #[async_trait]
 pub trait ResponseCache: Send + Sync {
     /// The entry, if stored and not expired at `now`.

@@ -19,6 +19,7 @@ mod jwks_tokens;
 mod lambda_binaries;
 mod lambda_events;
 mod openapi;
+mod port_faults;
 mod properties;
 mod proxy;
 mod proxy_escapes;

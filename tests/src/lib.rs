@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod fault_proxy;
 pub mod lambda_runtime;
 pub mod moto;
+pub mod port_faults;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,9 +20,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use stockpulse_local::Gateway;
 use stockpulse_local::auth::{LOCAL_AUDIENCE, LOCAL_ISSUER, TokenVerifier};
-use stockpulse_shared::app::App;
+use stockpulse_shared::adapters::embedded::{LocalVault, SqliteStore};
+use stockpulse_shared::app::{App, Stores};
 use stockpulse_shared::config::Config;
-use stockpulse_shared::ports::{Clock, ManualClock, SystemClock};
+use stockpulse_shared::ports::{Clock, KeyVault, ManualClock, SystemClock};
 
 pub use canary::canary;
 
@@ -81,6 +83,9 @@ pub struct ServerOptions {
     pub aws: Option<AwsBackend>,
     /// The app's clock (tests move it instead of sleeping); the system clock if not given.
     pub clock: Option<Arc<ManualClock>>,
+    /// Wrap every port of the app (stores, vault, provider client) so that this plan can fail,
+    /// delay or throttle any one call (see `port_faults`).
+    pub port_faults: Option<Arc<port_faults::FaultPlan>>,
 }
 
 /// Where the AWS backend of a test server lives.
@@ -160,9 +165,29 @@ impl TestServer {
             Some(clock) => clock.clone(),
             None => Arc::new(SystemClock),
         };
-        let app = match &options.aws {
-            None => App::embedded(&config, clock).expect("app"),
-            Some(aws) => App::aws(&config, &moto::sdk_config(aws.endpoint()).await, clock).await.expect("app on the AWS backend"),
+        let app = match (&options.aws, &options.port_faults) {
+            (None, None) => App::embedded(&config, clock).expect("app"),
+            (Some(aws), None) => App::aws(&config, &moto::sdk_config(aws.endpoint()).await, clock).await.expect("app on the AWS backend"),
+            (backend, Some(plan)) => {
+                let (stores, vault): (Stores, Arc<dyn KeyVault>) = match backend {
+                    None => {
+                        let store = SqliteStore::open(&config.data_dir.join("stockpulse.db")).expect("SQLite store");
+                        let vault =
+                            LocalVault::load(config.master_key.as_deref().map(String::as_str), &config.data_dir).expect("local vault");
+                        (Stores::of(Arc::new(store)), Arc::new(vault))
+                    }
+                    Some(aws) => App::aws_parts(&config, &moto::sdk_config(aws.endpoint()).await).await.expect("AWS backend"),
+                };
+                let upstream = App::upstream_client(&config).expect("provider client");
+                App::from_parts_with_upstream(
+                    &config,
+                    port_faults::wrap_stores(stores, plan),
+                    port_faults::wrap_vault(vault, plan),
+                    clock,
+                    port_faults::wrap_upstream(upstream, plan),
+                )
+                .expect("app with port faults")
+            }
         };
         let tokens = match &options.jwks {
             Some((url, issuer, audience)) => {

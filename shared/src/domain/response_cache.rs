@@ -1,5 +1,8 @@
 //! The proxy's response cache: which requests may be answered from it, and the key an answer is
-//! stored under. The key covers the workspace, so one tenant can never read another's answers.
+//! stored under. The key covers the workspace, so one tenant can never read another's answers,
+//! and the stored key's id and material version the answer was fetched with, so an answer of a
+//! replaced, rotated or revoked key is never served for the key that follows it — also when the
+//! purge that follows a key change failed (it is best effort).
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -25,6 +28,9 @@ pub struct CachedAnswer {
 /// The parts of a request that decide which answer it gets.
 pub struct CacheRequest<'a> {
     pub workspace: &'a str,
+    /// The stored key the request is sent with, and its material version.
+    pub key_id: &'a str,
+    pub key_version: u32,
     pub environment: Environment,
     pub provider: &'a str,
     pub method: &'a str,
@@ -45,8 +51,10 @@ pub fn cache_key(request: &CacheRequest<'_>) -> String {
         hasher.update((bytes.len() as u64).to_be_bytes());
         hasher.update(bytes);
     };
-    part(b"stockpulse-cache-v1");
+    part(b"stockpulse-cache-v2");
     part(request.workspace.as_bytes());
+    part(request.key_id.as_bytes());
+    part(&request.key_version.to_be_bytes());
     part(request.environment.as_str().as_bytes());
     part(request.provider.as_bytes());
     part(request.method.as_bytes());
@@ -81,7 +89,25 @@ mod tests {
     use crate::domain::catalog::catalog;
 
     fn req<'a>(workspace: &'a str, query: &'a [(String, String)]) -> CacheRequest<'a> {
-        CacheRequest { workspace, environment: Environment::Production, provider: "fmp", method: "GET", path: "/quote", query, body: b"" }
+        CacheRequest {
+            workspace,
+            key_id: "key-1",
+            key_version: 1,
+            environment: Environment::Production,
+            provider: "fmp",
+            method: "GET",
+            path: "/quote",
+            query,
+            body: b"",
+        }
+    }
+
+    #[test]
+    fn keys_cover_the_stored_key_and_its_material_version() {
+        let query = [("symbol".to_owned(), "AAPL".to_owned())];
+        let base = cache_key(&req("ws-a", &query));
+        assert_ne!(base, cache_key(&CacheRequest { key_version: 2, ..req("ws-a", &query) }), "a rotated key");
+        assert_ne!(base, cache_key(&CacheRequest { key_id: "key-2", ..req("ws-a", &query) }), "another key in the slot");
     }
 
     #[test]
@@ -128,6 +154,8 @@ mod properties {
         fn key(&self) -> String {
             cache_key(&CacheRequest {
                 workspace: &self.workspace,
+                key_id: "key-1",
+                key_version: 1,
                 environment: self.environment,
                 provider: &self.provider,
                 method: &self.method,

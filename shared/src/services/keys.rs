@@ -380,9 +380,24 @@ impl KeyService {
         let draft = AuditDraft::new(caller, meta, action::KEY_DELETE, Outcome::Success)
             .target(&provider.id, current.environment, Some(id))
             .fingerprint(&current.fingerprint);
-        self.store.delete(&caller.workspace, id, current.version, draft).await?;
+        // Material the vault keeps outside the store (Secrets Manager) is released first: released
+        // after the record is gone, a failed release would leave the secret behind with nothing
+        // pointing at it, for ever. If it cannot be released, nothing changed; if the store then
+        // does not delete the record, the material is put back (unless another call deleted it).
+        let outside = self.vault.holds_outside_material();
+        if outside {
+            self.vault.forget(&current.workspace, id).await?;
+        }
+        if let Err(e) = self.store.delete(&caller.workspace, id, current.version, draft).await {
+            if outside
+                && !matches!(self.store.get(&caller.workspace, id).await, Ok(None))
+                && let Err(restore) = self.vault.restore(&current.workspace, id).await
+            {
+                tracing::error!(key_id = %id, workspace = %caller.workspace, error = %restore, "the key was not deleted, and its released material could not be restored");
+            }
+            return Err(e.into());
+        }
         self.forget_in_proxy(&current.workspace, id, &provider.id).await;
-        self.release(&current.workspace, id).await;
         tracing::info!(key_id = %id, provider = %provider.id, workspace = %caller.workspace, "key deleted");
         Ok(())
     }
@@ -488,8 +503,8 @@ impl KeyService {
     }
 
     /// Asks the vault to destroy material it keeps outside the store (Secrets Manager secrets).
-    /// Best effort: the record is already gone or was never stored; a failure is logged for an
-    /// operator, and the consistency of the store does not depend on it.
+    /// Best effort, for material sealed for a record that was never stored; a failure is logged
+    /// for an operator, and the consistency of the store does not depend on it.
     pub(super) async fn release(&self, workspace: &str, key_id: &str) {
         if let Err(e) = self.vault.forget(workspace, key_id).await {
             tracing::warn!(key_id, workspace, error = %e, "could not release key material in the vault");

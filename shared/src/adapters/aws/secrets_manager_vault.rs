@@ -348,12 +348,26 @@ impl KeyVault for SecretsManagerVault {
 
     async fn forget(&self, workspace: &str, key_id: &str) -> Result<(), VaultError> {
         let name = self.secret_name(&Binding { workspace, key_id, version: 0 });
-        let deleted = self.client.delete_secret().secret_id(name).recovery_window_in_days(self.recovery_days).send().await;
+        let deleted = self.client.delete_secret().secret_id(&name).recovery_window_in_days(self.recovery_days).send().await;
         match deleted {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|se| se.is_resource_not_found_exception()) => Ok(()),
+            // Refused because it is scheduled for deletion already: an earlier call released it
+            // and the record of that was not written (the scheduled job retries the release).
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_invalid_request_exception()) => {
+                match self.client.describe_secret().secret_id(&name).send().await {
+                    Ok(described) if described.deleted_date.is_some() => Ok(()),
+                    _ => Err(unavailable(e)),
+                }
+            }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn restore(&self, workspace: &str, key_id: &str) -> Result<(), VaultError> {
+        let name = self.secret_name(&Binding { workspace, key_id, version: 0 });
+        self.client.restore_secret().secret_id(name).send().await.map_err(unavailable)?;
+        Ok(())
     }
 }
 

@@ -210,6 +210,8 @@ impl ProxyService {
         let cache_id = (cache_mode != CacheMode::Off).then(|| {
             cache_key(&CacheRequest {
                 workspace: &call.caller.workspace,
+                key_id: &forward.key.record.id,
+                key_version: forward.key.record.key_version,
                 environment,
                 provider: &provider.id,
                 method: call.method.as_str(),
