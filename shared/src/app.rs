@@ -140,6 +140,7 @@ impl App {
         let proxy = Arc::new(ProxyService::new(
             catalog(),
             stores.keys.clone(),
+            stores.audit.clone(),
             vault.clone(),
             stores.meter.clone(),
             stores.cache.clone(),

@@ -185,3 +185,16 @@ async fn a_mutation_whose_audit_entry_cannot_be_written_does_not_happen() {
         json!({"ok": true, "checked": 1, "first_bad": null, "problem": null})
     );
 }
+
+/// The web UI's action filter offers exactly the actions the API accepts: one it does not know
+/// answers 400 `invalid_action`, and one missing cannot be filtered on.
+#[test]
+fn the_web_uis_action_filter_offers_exactly_the_actions_the_api_accepts() {
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../frontend/src/components/AuditView.tsx")).expect("AuditView.tsx");
+    let start = source.find("const ACTIONS = [").expect("the ACTIONS list") + "const ACTIONS = [".len();
+    let list = &source[start..start + source[start..].find("];").expect("the end of the ACTIONS list")];
+    let offered: std::collections::BTreeSet<&str> = list.split('\'').skip(1).step_by(2).collect();
+    let accepted: std::collections::BTreeSet<&str> = stockpulse_shared::domain::audit::action::ALL.into_iter().collect();
+    assert_eq!(offered, accepted);
+}

@@ -286,6 +286,21 @@ async fn admin_only_providers_refuse_members_and_the_refusal_is_audited() {
     }
     assert_eq!(server.client.post_json(&format!("{path}/test"), Some(&admin), &json!({})).await.json["ok"], true);
 
+    // The proxy refuses them too, before the provider sees anything, and audits the refusal.
+    let proxied = |token: &str| {
+        server
+            .client
+            .request(reqwest::Method::GET, "/proxy/alpaca/v2/account", Some(token))
+            .header("X-StockPulse-Environment", "development")
+    };
+    let seen_before = upstream.received_requests().await.unwrap().len();
+    for token in [&member, &viewer] {
+        let answer = server.client.send(proxied(token)).await;
+        assert_eq!((answer.status, answer.code()), (403, "admin_only_provider"), "{}", answer.text);
+    }
+    assert_eq!(upstream.received_requests().await.unwrap().len(), seen_before, "no refused call reached the provider");
+    assert_eq!(server.client.send(proxied(&admin)).await.status, 200, "admins use the key through the proxy");
+
     let denied = server.client.get("/api/audit?provider=alpaca", Some(&admin)).await;
     let outcomes: Vec<(&str, &str)> =
         denied.json["items"].as_array().unwrap().iter().map(|e| (e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap())).collect();
@@ -295,9 +310,12 @@ async fn admin_only_providers_refuse_members_and_the_refusal_is_audited() {
         ("key.update", "denied"),
         ("key.test", "denied"),
         ("key.create", "success"),
+        ("proxy.call", "denied"),
     ] {
         assert!(outcomes.contains(&expected), "{expected:?} not in {outcomes:?}");
     }
+    let proxy_refusals = outcomes.iter().filter(|o| **o == ("proxy.call", "denied")).count();
+    assert_eq!(proxy_refusals, 2, "one entry per refused proxied call: {outcomes:?}");
 }
 
 #[tokio::test]

@@ -3,7 +3,29 @@ import { api, ApiError, type AuditEntry, type Provider } from '../api';
 import { exactTime, toCsv } from '../format';
 import { Time } from './Time';
 
-const ACTIONS = ['key.create', 'key.update', 'key.delete', 'key.test', 'key.test_candidate', 'key.rotate', 'key.promote', 'key.rollback', 'key.revoke', 'quota.update', 'cache.purge'];
+// Exactly the API's actions (`action::ALL` in shared/src/domain/audit.rs; a Rust test compares
+// the two): a filter the API does not know answers 400.
+const ACTIONS = [
+  'key.create',
+  'key.update',
+  'key.delete',
+  'key.test',
+  'key.test_candidate',
+  'key.invalidated',
+  'key.revoke',
+  'quota.update',
+  'quota.threshold',
+  'cache.purge',
+  'key.rotate.stage',
+  'key.rotate.test',
+  'key.rotate.promote',
+  'key.rotate.discard',
+  'key.rollback',
+  'key.previous.destroy',
+  'key.reminder',
+  'key.release',
+  'proxy.call',
+];
 const CSV_COLUMNS = ['seq', 'time', 'actor_email', 'role', 'action', 'provider', 'environment', 'key_id', 'outcome', 'source_ip', 'user_agent', 'request_id', 'fingerprint', 'detail'];
 
 interface Filters {

@@ -68,7 +68,9 @@ pub mod action {
     /// The material a vault keeps outside the store (Secrets Manager) of a revoked key was
     /// released (its deletion scheduled with the recovery window).
     pub const KEY_RELEASE: &str = "key.release";
-    pub const ALL: [&str; 18] = [
+    /// A proxied call (recorded when refused: a non-admin calling an admin-only provider).
+    pub const PROXY_CALL: &str = "proxy.call";
+    pub const ALL: [&str; 19] = [
         KEY_CREATE,
         KEY_UPDATE,
         KEY_DELETE,
@@ -87,6 +89,7 @@ pub mod action {
         KEY_PREVIOUS_DESTROY,
         KEY_REMINDER,
         KEY_RELEASE,
+        PROXY_CALL,
     ];
 
     /// Actions that edit a key record (each bumps its `version` by one).

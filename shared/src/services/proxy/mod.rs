@@ -34,7 +34,8 @@ use crate::domain::proxy_path::{self, PathRefusal};
 use crate::domain::redaction::Redactor;
 use crate::domain::response_cache::{CacheRequest, MAX_CACHED_BODY_BYTES, cache_key};
 use crate::ports::{
-    Binding, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, StoreError, UpstreamClient, UpstreamError, UpstreamRequest,
+    AuditLog, Binding, KeyStore, KeyVault, MeterStore, NotificationStore, ResponseCache, StoreError, UpstreamClient, UpstreamError,
+    UpstreamRequest,
 };
 
 use super::upstreams::Upstreams;
@@ -99,6 +100,7 @@ pub struct ProxyAnswer {
 pub struct ProxyService {
     pub catalog: &'static Catalog,
     pub keys: Arc<dyn KeyStore>,
+    pub audit: Arc<dyn AuditLog>,
     pub vault: Arc<dyn KeyVault>,
     pub meter: Arc<dyn MeterStore>,
     pub cache: Arc<dyn ResponseCache>,
@@ -129,6 +131,7 @@ impl ProxyService {
     pub fn new(
         catalog: &'static Catalog,
         keys: Arc<dyn KeyStore>,
+        audit: Arc<dyn AuditLog>,
         vault: Arc<dyn KeyVault>,
         meter: Arc<dyn MeterStore>,
         cache: Arc<dyn ResponseCache>,
@@ -141,6 +144,7 @@ impl ProxyService {
         ProxyService {
             catalog,
             keys,
+            audit,
             vault,
             meter,
             cache,
@@ -159,14 +163,6 @@ impl ProxyService {
         let provider = self.catalog.provider(call.provider).ok_or_else(|| {
             ProxyFailure::new(StatusCode::NOT_FOUND, "unknown_provider", "no such provider; GET /api/providers lists them")
         })?;
-        if provider.admin_only && call.caller.role < Role::Admin {
-            return Err(ProxyFailure::new(
-                StatusCode::FORBIDDEN,
-                "admin_only_provider",
-                format!("only admins may use {} keys", provider.name),
-            )
-            .provider(&provider.id));
-        }
         let environment = match call.headers.get(ENVIRONMENT_HEADER).map(|v| v.to_str().unwrap_or("")) {
             None => Environment::Production,
             Some(value) => Environment::parse(value.trim()).ok_or_else(|| {
@@ -179,6 +175,20 @@ impl ProxyService {
                 f
             })?,
         };
+        if provider.admin_only && call.caller.role < Role::Admin {
+            // Audited like the refusals of key management: fail closed if the entry cannot be
+            // written (the caller is refused either way).
+            let draft = AuditDraft::new(call.caller, call.meta, action::PROXY_CALL, Outcome::Denied)
+                .target(&provider.id, environment, None)
+                .detail("admin-only provider");
+            self.audit.append(draft).await?;
+            return Err(ProxyFailure::new(
+                StatusCode::FORBIDDEN,
+                "admin_only_provider",
+                format!("only admins may use {} keys", provider.name),
+            )
+            .provider(&provider.id));
+        }
         let refuse = |r: PathRefusal| {
             let mut f = ProxyFailure::new(StatusCode::BAD_REQUEST, "invalid_proxy_path", r.to_string()).provider(&provider.id);
             f.details.field = Some("path".into());
