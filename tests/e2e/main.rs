@@ -29,6 +29,7 @@ mod revocation_release;
 mod rotation;
 mod rotation_crash;
 mod scheduler;
+mod schemathesis;
 mod secrets_manager_labels;
 mod template_iam;
 mod template_routes;

@@ -310,7 +310,8 @@ pub async fn keys_test_candidate(app: &App, ctx: Ctx) -> Result<Response<Body>, 
 /// Tests a stored key; its `last_verified_at` and `last_test` are updated.
 #[utoipa::path(post, path = "/api/keys/{id}/test", tag = "keys", operation_id = "keys_test",
     params(("id" = String, Path)),
-    responses((status = 200, body = TestResult), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    responses((status = 200, body = TestResult), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "the key is revoked: it has no material to test")),
     security(("bearer" = [])))]
 pub async fn keys_test(app: &App, ctx: Ctx) -> Result<Response<Body>, ApiError> {
     ctx.query_params(&[])?;

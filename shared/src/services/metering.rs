@@ -156,8 +156,15 @@ impl MeteringService {
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
     ) -> Result<UsageReport, ServiceError> {
-        if let Some(p) = provider {
-            self.provider(p)?;
+        // A filter value, not a resource in the path: an unknown one is a bad request.
+        if let Some(p) = provider
+            && self.catalog.provider(p).is_none()
+        {
+            return Err(ServiceError::BadRequest {
+                code: "unknown_provider",
+                message: "`provider` is not a provider in the catalog; GET /api/providers lists them".into(),
+                field: Some("provider".into()),
+            });
         }
         let to = to.unwrap_or_else(|| Utc::now().date_naive());
         let from = from.unwrap_or(to - Duration::days(29));

@@ -7,6 +7,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::handlers;
 
+mod completion;
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "StockPulse Keys API", description = "Stores third-party API keys encrypted and never returns them. All answers are JSON; errors use one envelope."),
@@ -123,7 +125,11 @@ impl Modify for ProxyPaths {
     }
 }
 
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| ApiDoc::openapi().to_json().expect("the OpenAPI document serializes"));
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    completion::complete(&mut document);
+    serde_json::to_string(&document).expect("the OpenAPI document serializes")
+});
 
 pub fn document_json() -> &'static str {
     &DOCUMENT
