@@ -1,5 +1,7 @@
 //! Run after the whole test suite: fails if any canary key stored by any test appears in any
-//! captured answer, log line, audit entry or database file under the artifacts folder.
+//! captured answer, log line, audit entry, database file or moto dump (`moto/`: DynamoDB items,
+//! Secrets Manager secrets, KMS, ... of every moto server of the run) under the artifacts folder,
+//! or if a moto server could not be dumped.
 
 use std::process::ExitCode;
 
@@ -10,14 +12,19 @@ fn main() -> ExitCode {
         eprintln!("canary scan: no canaries recorded under {} — the tests did not run?", root.display());
         return ExitCode::FAILURE;
     }
-    if leaks.is_empty() {
+    let failed = stockpulse_tests::canary::failed_dumps(&root);
+    for file in &failed {
+        let why = std::fs::read_to_string(file).unwrap_or_default();
+        eprintln!("canary scan: a moto server was not dumped ({}): {}", file.display(), why.trim());
+    }
+    if leaks.is_empty() && failed.is_empty() {
         println!("canary scan: {canaries} canary keys, {files} files under {}: no leak", root.display());
         ExitCode::SUCCESS
     } else {
         for leak in &leaks {
             eprintln!("canary scan: LEAK of {} in {}", leak.canary, leak.file.display());
         }
-        eprintln!("canary scan: {} leaks", leaks.len());
+        eprintln!("canary scan: {} leaks, {} moto servers not dumped", leaks.len(), failed.len());
         ExitCode::FAILURE
     }
 }
