@@ -118,3 +118,80 @@ async fn with_the_api_scope_required_access_tokens_pass_and_id_tokens_do_not() {
     let answer = server.client.get("/api/keys", Some(&no_workspace)).await;
     assert_eq!((answer.status, answer.code()), (403, "no_workspace"), "{}", answer.text);
 }
+
+/// Verified tokens that name no role or no workspace are refused with 403 on every kind of route
+/// (a read, a write, a key's own route, the job trigger, the proxy), before anything happens:
+/// the key and its audit trail stay as they were and the provider sees nothing.
+#[tokio::test]
+async fn verified_tokens_without_a_role_or_a_workspace_are_refused_and_change_nothing() {
+    let issuer = issuer().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&provider)
+        .await;
+    let server = TestServer::start_with(
+        ServerOptions {
+            jwks: Some((format!("{}/.well-known/jwks.json", issuer.uri()), ISSUER.to_owned(), AUDIENCE.to_owned())),
+            jwt_scope: Some("stockpulse-keys/api".to_owned()),
+            ..Default::default()
+        }
+        .upstream("openai", &provider.uri()),
+    )
+    .await;
+    let scopes = "openid email stockpulse-keys/api";
+    let ws = format!("ws-no-role-{}", uuid::Uuid::new_v4().simple());
+    let admin = rs256(&access_token_claims(Some(&ws), AUDIENCE, scopes), "test-key-1");
+    let created = crate::create_openai(&server, &admin).await;
+    let id = created.json["id"].as_str().unwrap().to_owned();
+    let before = server.client.get(&format!("/api/keys/{id}"), Some(&admin)).await;
+    let audit_before = crate::audit_count(&server, &admin).await;
+
+    let with_groups = |groups: Value| {
+        let mut claims = access_token_claims(Some(&ws), AUDIENCE, scopes);
+        claims["cognito:groups"] = groups;
+        rs256(&claims, "test-key-1")
+    };
+    let mut without_groups = access_token_claims(Some(&ws), AUDIENCE, scopes);
+    without_groups.as_object_mut().unwrap().remove("cognito:groups");
+    let mut blank_workspace = access_token_claims(Some("  "), AUDIENCE, scopes);
+    blank_workspace["cognito:groups"] = json!(["admin"]);
+    let refused = [
+        ("groups that name no role", with_groups(json!(["staff", "admins"])), "no_role"),
+        ("no groups at all", with_groups(json!([])), "no_role"),
+        ("no groups claim", rs256(&without_groups, "test-key-1"), "no_role"),
+        ("no workspace", rs256(&access_token_claims(None, AUDIENCE, scopes), "test-key-1"), "no_workspace"),
+        ("a blank workspace", rs256(&blank_workspace, "test-key-1"), "no_workspace"),
+    ];
+    let other_key = json!({"provider": "openai", "environment": "development", "credentials": {"api_key": crate::openai_key()}});
+    for (what, token, code) in &refused {
+        let calls = [
+            ("GET /api/keys", server.client.get("/api/keys", Some(token)).await),
+            ("POST /api/keys", server.client.post_json("/api/keys", Some(token), &other_key).await),
+            (
+                "PATCH /api/keys/{id}",
+                server
+                    .client
+                    .patch_json(&format!("/api/keys/{id}"), Some(token), before.header("etag"), &json!({"label": "taken over"}))
+                    .await,
+            ),
+            ("DELETE /api/keys/{id}", server.client.delete(&format!("/api/keys/{id}"), Some(token), before.header("etag")).await),
+            ("POST /api/jobs/run", server.client.post_json("/api/jobs/run", Some(token), &json!({})).await),
+            ("GET /proxy/openai/models", server.client.get("/proxy/openai/models", Some(token)).await),
+        ];
+        for (route, answer) in calls {
+            assert_eq!((answer.status, answer.code()), (403, *code), "{what}, {route}: {}", answer.text);
+        }
+    }
+
+    let after = server.client.get(&format!("/api/keys/{id}"), Some(&admin)).await;
+    assert_eq!(after.json, before.json, "the key is unchanged");
+    assert_eq!(crate::all_keys(&server, &admin).await.len(), 1, "no key was added");
+    assert_eq!(crate::audit_count(&server, &admin).await, audit_before, "nothing was audited as done");
+    assert!(provider.received_requests().await.unwrap().is_empty(), "the provider saw nothing");
+    // The same calls with a role and a workspace do get through (the refusals above are not the
+    // routes' own failures).
+    let proxied = server.client.get("/proxy/openai/models", Some(&admin)).await;
+    assert_eq!(proxied.status, 200, "{}", proxied.text);
+}

@@ -33,6 +33,7 @@ mod schemathesis;
 mod secrets_manager_labels;
 mod template_iam;
 mod template_routes;
+mod template_security;
 mod template_site;
 mod user_docs;
 mod vault_integrity;

@@ -514,3 +514,115 @@ async fn body_limits_and_timeouts_are_the_configured_ones() {
         "a refused body is never sent"
     );
 }
+
+/// The provider's answer headers that `shared/src/services/proxy/headers.rs` promises never to
+/// pass back (cookies, HSTS, CORS, Alt-Svc, redirects and content locations, authentication
+/// challenges, caching and validators, reporting), with a value each.
+const PROVIDER_HEADERS_DROPPED: &[(&str, &str)] = &[
+    ("set-cookie", "session=provider; Domain=example.com; Path=/"),
+    ("set-cookie2", "legacy=1"),
+    ("strict-transport-security", "max-age=63072000; includeSubDomains; preload"),
+    ("public-key-pins", "pin-sha256=\"AAAA\"; max-age=5184000"),
+    ("alt-svc", "h3=\":443\"; ma=86400"),
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-credentials", "true"),
+    ("access-control-allow-headers", "authorization"),
+    ("access-control-expose-headers", "x-secret"),
+    ("location", "https://attacker.example/next"),
+    ("content-location", "https://attacker.example/copy"),
+    ("refresh", "0; url=https://attacker.example/"),
+    ("www-authenticate", "Bearer realm=\"provider\""),
+    ("proxy-authenticate", "Basic realm=\"provider\""),
+    ("cache-control", "public, max-age=999"),
+    ("expires", "Thu, 01 Dec 2099 16:00:00 GMT"),
+    ("pragma", "cache"),
+    ("age", "12345"),
+    ("etag", "\"provider-etag\""),
+    ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("vary", "Origin, Cookie"),
+    ("server-timing", "db;dur=53"),
+    ("report-to", "{\"group\":\"provider\",\"max_age\":1}"),
+    ("nel", "{\"report_to\":\"provider\",\"max_age\":1}"),
+    ("x-stockpulse-cache", "HIT-from-the-provider"),
+    ("x-stockpulse-quota-remaining", "999999"),
+];
+
+fn with_provider_headers(mut template: ResponseTemplate) -> ResponseTemplate {
+    for (name, value) in PROVIDER_HEADERS_DROPPED {
+        template = template.append_header(*name, *value);
+    }
+    template.insert_header("x-provider-trace", "trace-1")
+}
+
+/// None of the dropped headers reach the client; where we set a header of the same name
+/// (`Cache-Control`, `X-StockPulse-*`, and `Age` on a cache hit) none of its values is the
+/// provider's. The provider's other headers do pass, and caching is forbidden.
+fn assert_provider_headers_dropped(what: &str, answer: &stockpulse_tests::Answer, age_is_ours: bool) {
+    for (name, value) in PROVIDER_HEADERS_DROPPED {
+        let ours = *name == "cache-control" || name.starts_with("x-stockpulse-") || (*name == "age" && age_is_ours);
+        if ours {
+            assert!(answer.headers.get_all(*name).iter().all(|v| v != *value), "{what}: the provider's {name} came back");
+        } else {
+            assert!(answer.headers.get(*name).is_none(), "{what}: the provider's {name} came back: {:?}", answer.headers.get_all(*name));
+        }
+    }
+    assert!(!answer.headers.keys().any(|n| n.as_str().starts_with("access-control-")), "{what}: {:?}", answer.headers);
+    let cache_control: Vec<&str> = answer.headers.get_all("cache-control").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(
+        cache_control.len() == 1 && cache_control[0].split(',').any(|d| d.trim() == "no-store"),
+        "{what}: caching must be forbidden: {cache_control:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_providers_cookies_hsts_cors_redirect_and_caching_headers_never_reach_the_client() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/models"))
+        .respond_with(with_provider_headers(ResponseTemplate::new(200)).set_body_json(json!({"object": "list", "data": []})))
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(
+            with_provider_headers(ResponseTemplate::new(200))
+                .set_body_raw("data: {\"choices\":[]}\n\ndata: [DONE]\n\n".as_bytes().to_vec(), "text/event-stream"),
+        )
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/files"))
+        .respond_with(with_provider_headers(ResponseTemplate::new(404)).set_body_json(json!({"error": {"message": "no such file"}})))
+        .mount(&upstream)
+        .await;
+    let server = server_for("openai", &upstream.uri()).await;
+    let token = server.token("member", &workspace()).await;
+    openai_key(&server, &token).await;
+
+    // A plain answer, then the same answer from our cache.
+    let first = server.client.get("/proxy/openai/models", Some(&token)).await;
+    assert_eq!((first.status, first.header("x-stockpulse-cache")), (200, Some("MISS")), "{}", first.text);
+    assert_eq!(first.header("x-provider-trace"), Some("trace-1"), "the provider's other headers pass");
+    assert_eq!(first.header("cache-control"), Some("private, no-store"));
+    assert_provider_headers_dropped("a plain answer", &first, false);
+    let hit = server.client.get("/proxy/openai/models", Some(&token)).await;
+    assert_eq!((hit.status, hit.header("x-stockpulse-cache")), (200, Some("HIT")), "{}", hit.text);
+    assert_eq!(hit.header("x-provider-trace"), Some("trace-1"));
+    assert_eq!(hit.header("cache-control"), Some("private, no-store"));
+    assert_provider_headers_dropped("a cached answer", &hit, true);
+
+    // A streamed answer.
+    let stream = server
+        .client
+        .post_json("/proxy/openai/chat/completions", Some(&token), &json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+        .await;
+    assert_eq!(stream.status, 200, "{}", stream.text);
+    assert_eq!(stream.header("x-provider-trace"), Some("trace-1"));
+    assert_provider_headers_dropped("a streamed answer", &stream, false);
+
+    // A provider error, passed back in our envelope.
+    let error = server.client.get("/proxy/openai/files", Some(&token)).await;
+    assert_eq!(error.status, 404, "{}", error.text);
+    assert_provider_headers_dropped("a provider error", &error, false);
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 3, "the cache hit did not reach the provider");
+}

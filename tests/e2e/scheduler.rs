@@ -197,3 +197,80 @@ async fn a_run_does_bounded_work_and_the_next_one_continues_where_it_stopped() {
     assert_eq!(upstream.received_requests().await.unwrap().len(), 4);
     server.stop().await;
 }
+
+/// An admin's `POST /api/jobs/run` works on the admin's own workspace only: another workspace's
+/// key, equally due (verification, rotation and expiry reminders), keeps its record,
+/// notifications and audit trail untouched until that workspace's own admin runs the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_run_leaves_other_workspaces_alone() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&upstream)
+        .await;
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let server =
+        TestServer::start_with(ServerOptions { clock: Some(clock.clone()), ..Default::default() }.upstream("openai", &upstream.uri()))
+            .await;
+    let run = uuid::Uuid::new_v4().simple();
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(30)).to_rfc3339();
+    let policy = json!({"rotate_every_days": 1, "notify_before_days": 0, "expires_at": expires});
+    let mut workspaces = Vec::new();
+    for name in ["a", "b"] {
+        let admin = server.token("admin", &format!("ws-job-scope-{name}-{run}")).await;
+        let key = canary("sk-proj-");
+        let created =
+            super::create(&server, &admin, json!({"provider": "openai", "credentials": {"api_key": key}, "rotation_policy": policy})).await;
+        workspaces.push((admin, key, created.json["id"].as_str().unwrap().to_owned()));
+    }
+    let [(admin_a, key_a, id_a), (admin_b, key_b, id_b)] = <[_; 2]>::try_from(workspaces).ok().unwrap();
+    // Two days on, every piece of work is due in both workspaces.
+    clock.advance(chrono::Duration::days(2));
+    let state = |admin: String, id: String| {
+        let client = server.client.clone();
+        async move {
+            let key = client.get(&format!("/api/keys/{id}"), Some(&admin)).await.json;
+            let notifications = client.get("/api/notifications?limit=200", Some(&admin)).await.json["items"].clone();
+            let audit = client.get("/api/audit?limit=200", Some(&admin)).await.json["items"].clone();
+            (key, notifications, audit)
+        }
+    };
+    let b_before = state(admin_b.clone(), id_b.clone()).await;
+    assert_eq!((b_before.1.as_array().unwrap().len(), b_before.0["last_verified_at"].clone()), (0, Value::Null), "{b_before:?}");
+    let a_before = state(admin_a.clone(), id_a.clone()).await;
+
+    let report = server.client.post_json("/api/jobs/run", Some(&admin_a), &json!({})).await;
+    assert_eq!(report.status, 200, "{}", report.text);
+    assert_eq!(
+        (report.json["records_seen"].clone(), report.json["verified"].clone(), report.json["reminders_sent"].clone()),
+        (json!(1), json!(1), json!(2)),
+        "A's key alone: verified, rotation due and expired: {}",
+        report.text
+    );
+    let received = upstream.received_requests().await.unwrap();
+    assert_eq!(received.len(), 1, "one provider test, of A's key");
+    assert_eq!(received[0].headers.get("authorization").unwrap().to_str().unwrap(), format!("Bearer {key_a}"));
+    let a_after = state(admin_a.clone(), id_a.clone()).await;
+    assert_ne!(a_after, a_before, "A's run did A's work");
+    assert_eq!(a_after.1.as_array().unwrap().len(), 2, "{:?}", a_after.1);
+    assert!(a_after.0["last_verified_at"].is_string(), "{}", a_after.0);
+    assert_eq!(state(admin_b.clone(), id_b.clone()).await, b_before, "A's run left B's key, notifications and audit alone");
+
+    // B's own admin runs it: now B's key is processed, and A's stays as A's run left it.
+    let report = server.client.post_json("/api/jobs/run", Some(&admin_b), &json!({})).await;
+    assert_eq!(
+        (report.json["records_seen"].clone(), report.json["verified"].clone(), report.json["reminders_sent"].clone()),
+        (json!(1), json!(1), json!(2)),
+        "{}",
+        report.text
+    );
+    let received = upstream.received_requests().await.unwrap();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1].headers.get("authorization").unwrap().to_str().unwrap(), format!("Bearer {key_b}"));
+    let b_after = state(admin_b.clone(), id_b.clone()).await;
+    assert_eq!(b_after.1.as_array().unwrap().len(), 2, "{:?}", b_after.1);
+    assert!(b_after.0["last_verified_at"].is_string(), "{}", b_after.0);
+    assert_eq!(state(admin_a, id_a).await, a_after, "B's run left A alone");
+    server.stop().await;
+}

@@ -2,8 +2,10 @@
 //! binary's own `/api/openapi.json`, signed in as a workspace admin, with every provider pointed
 //! at a fake on loopback. It generates requests for every documented operation (schema examples,
 //! boundary values, fuzzing, and stateful sequences that follow a created key's id into the other
-//! key operations) and fails on any 5xx and on any answer the document does not describe: an
-//! undocumented status, content type or header, or a body that violates the response schema.
+//! key operations) and fails on any 5xx, on any answer the document does not describe (an
+//! undocumented status, content type or header, or a body that violates the response schema),
+//! on an operation that answers without the token, and on a key that is not there after its
+//! creation or still there after its deletion.
 //!
 //! Bounded by the number of examples per operation (about a minute on a quiet machine). The seed
 //! is printed; `st run ... --seed <seed>` replays a failure.
@@ -23,9 +25,11 @@ use crate::openai_key;
 /// Examples per operation and phase; enough for the stateful phase to reach created keys.
 const MAX_EXAMPLES: &str = "40";
 
-/// Every check that compares an answer with the document.
-const CHECKS: &str =
-    "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance";
+/// Every check that compares an answer with the document, and the stateful ones: a request
+/// without the token is refused (`ignored_auth`), a created key can be read back
+/// (`ensure_resource_availability`) and a deleted one cannot (`use_after_free`).
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,\
+                      response_schema_conformance,ignored_auth,ensure_resource_availability,use_after_free";
 
 fn schemathesis() -> std::path::PathBuf {
     let path = workspace_root().join(".venv/bin/st");

@@ -30,12 +30,8 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn new(credentials: &Credentials) -> Redactor {
-        let mut spellings: Vec<zeroize::Zeroizing<Vec<u8>>> = credentials
-            .secret_values()
-            .flat_map(spellings)
-            .filter(|s| s.len() >= 4)
-            .map(|s| zeroize::Zeroizing::new(s.into_bytes()))
-            .collect();
+        let mut spellings: Vec<zeroize::Zeroizing<Vec<u8>>> =
+            credentials.secret_values().flat_map(spellings).filter(|s| s.len() >= 4).collect();
         spellings.sort_by_key(|s| std::cmp::Reverse(s.len()));
         spellings.dedup();
         Redactor { spellings: spellings.into() }
@@ -132,9 +128,19 @@ fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     out
 }
 
-fn spellings(value: &str) -> Vec<String> {
+/// Each spelling is written into a zeroizing buffer sized for it up front: a growing `String`
+/// (it leaves its old block behind) or a dropped duplicate (raw and percent-encoded are equal for
+/// an alphanumeric key) would leave a plain copy of the key in freed memory.
+fn spellings(value: &str) -> Vec<zeroize::Zeroizing<Vec<u8>>> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut list = vec![value.to_owned(), utf8_percent_encode(value, NON_ALPHANUMERIC).to_string(), b64.encode(value)];
+    let mut percent = zeroize::Zeroizing::new(Vec::with_capacity(3 * value.len()));
+    for part in utf8_percent_encode(value, NON_ALPHANUMERIC) {
+        percent.extend_from_slice(part.as_bytes());
+    }
+    let mut encoded = zeroize::Zeroizing::new(vec![0u8; base64::encoded_len(value.len(), true).expect("a key's length")]);
+    let written = b64.encode_slice(value, &mut encoded[..]).expect("sized for it");
+    encoded.truncate(written);
+    let mut list = vec![zeroize::Zeroizing::new(value.as_bytes().to_vec()), percent, encoded];
     list.sort_by_key(|s| std::cmp::Reverse(s.len()));
     list.dedup();
     list

@@ -91,7 +91,10 @@ impl Credentials {
 
     /// The plaintext the vault seals: a JSON object of field → value, zeroized on drop.
     pub fn to_plaintext(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(64 * (self.0.len() + 1)));
+        // Sized for the worst case (every byte escaped as `\u00XX`, quotes, `:` and `,` per field,
+        // the braces), so the buffer never grows: growing would leave a plain copy behind.
+        let capacity = 2 + self.0.iter().map(|(field, value)| 6 * (field.len() + value.len()) + 6).sum::<usize>();
+        let mut out = Zeroizing::new(Vec::with_capacity(capacity));
         out.push(b'{');
         for (i, (field, value)) in self.0.iter().enumerate() {
             if i > 0 {

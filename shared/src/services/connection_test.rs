@@ -35,7 +35,7 @@ pub fn build_test_request(
         }
         for injection in provider.auth.iter().filter(|i| i.kind == InjectionKind::Query) {
             if let Some(value) = credentials.get(&injection.field) {
-                query.append_pair(&injection.name, &injection.template.replace("{value}", value.expose()));
+                query.append_pair(&injection.name, &injection.fill(value.expose()));
             }
         }
     }
@@ -50,7 +50,7 @@ pub fn build_test_request(
     for injection in provider.auth.iter().filter(|i| i.kind == InjectionKind::Header) {
         if let Some(value) = credentials.get(&injection.field) {
             let name = HeaderName::from_bytes(injection.name.as_bytes()).ok()?;
-            let mut value = HeaderValue::from_str(&injection.template.replace("{value}", value.expose())).ok()?;
+            let mut value = HeaderValue::from_str(&injection.fill(value.expose())).ok()?;
             value.set_sensitive(true);
             headers.push((name, value));
         }

@@ -340,7 +340,7 @@ impl ProxyService {
             }
             for injection in provider.auth.iter().filter(|i| i.kind == InjectionKind::Query) {
                 if let Some(value) = credentials.get(&injection.field) {
-                    pairs.append_pair(&injection.name, &injection.template.replace("{value}", value.expose()));
+                    pairs.append_pair(&injection.name, &injection.fill(value.expose()));
                 }
             }
         }
@@ -357,7 +357,7 @@ impl ProxyService {
         for injection in provider.auth.iter().filter(|i| i.kind == InjectionKind::Header) {
             if let Some(value) = credentials.get(&injection.field) {
                 let name = HeaderName::from_bytes(injection.name.as_bytes()).map_err(|_| bad_catalog())?;
-                let mut value = HeaderValue::from_str(&injection.template.replace("{value}", value.expose())).map_err(|_| {
+                let mut value = HeaderValue::from_str(&injection.fill(value.expose())).map_err(|_| {
                     ProxyFailure::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "key_not_sendable",
