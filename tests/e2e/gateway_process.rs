@@ -123,7 +123,7 @@ async fn the_binary_serves_keeps_its_data_and_stops_cleanly() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for secret in ["master.key", "jwt.secret"] {
+        for secret in ["master.key", "jwt.secret", "stockpulse.db", "stockpulse.db-wal", "stockpulse.db-shm"] {
             let mode = std::fs::metadata(data_dir.join(secret)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{secret} is {mode:o}");
         }
@@ -131,13 +131,24 @@ async fn the_binary_serves_keeps_its_data_and_stops_cleanly() {
     let lines = terminate(running);
     assert!(lines.iter().any(|l| l.contains("shut down cleanly")), "{lines:?}");
 
-    // Restarted without dev mode on the same data: the key is still there and still opens, and
-    // dev sign-in no longer exists (the earlier token still verifies: same secret file).
+    // Restarted without dev mode on the same data: dev sign-in no longer exists, and the token it
+    // gave out before ends with it, although the secret that signed it is still in the folder.
     let running = start(&data_dir, false, &envs);
     let client = Client::new(&running.url);
     let login =
         client.post_json("/api/dev/login", None, &json!({"email": "ops@example.com", "role": "admin", "workspace": "ws-process"})).await;
     assert_eq!(login.status, 404);
+    let refused = client.post_json(&format!("/api/keys/{id}/test"), Some(&token), &json!({})).await;
+    assert_eq!((refused.status, refused.code()), (401, "no_sign_in"), "{}", refused.text);
+    let lines = terminate(running);
+    assert!(lines.iter().any(|l| l.contains("no sign-in")), "the gateway warns that it has no sign-in: {lines:?}");
+
+    // Back in dev mode: the key is still there and still opens.
+    let running = start(&data_dir, true, &envs);
+    let client = Client::new(&running.url);
+    let login =
+        client.post_json("/api/dev/login", None, &json!({"email": "ops@example.com", "role": "admin", "workspace": "ws-process"})).await;
+    let token = login.json["token"].as_str().unwrap().to_owned();
     let tested = client.post_json(&format!("/api/keys/{id}/test"), Some(&token), &json!({})).await;
     assert_eq!(tested.json["status"], "valid", "{}", tested.text);
     terminate(running);

@@ -97,6 +97,16 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
             return to_axum(dev_login::handle(&gateway, &parts.headers, &bytes, &request_id));
         }
         if let Access::AtLeast(_) = route.access {
+            // Locally issued tokens come only from dev sign-in: turning dev mode off ends them
+            // all, not only the sign-in route (their secret file stays in the data folder).
+            if gateway.tokens.can_mint() && !gateway.dev {
+                let error = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "no_sign_in",
+                    "this gateway has no sign-in: start it with --dev, or set STOCKPULSE_JWKS_URL for tokens of an external issuer",
+                );
+                return to_axum(error_response(&error, &request_id));
+            }
             let token = bearer(&parts.headers);
             let claims = match token.map(|t| gateway.tokens.verify(t)) {
                 None => {

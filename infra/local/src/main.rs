@@ -111,6 +111,9 @@ async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error
         data_dir = %config.data_dir.display(),
         "StockPulse Keys is running at http://{addr}/"
     );
+    if gateway.tokens.can_mint() && !gateway.dev {
+        tracing::warn!("no sign-in: dev mode is off and no JWKS issuer is set, so every protected route answers 401 (no_sign_in)");
+    }
     serve(listener, gateway, shutdown_signal()).await?;
     tracing::info!("stockpulse-local shut down cleanly");
     Ok(())

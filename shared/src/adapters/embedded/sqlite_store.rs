@@ -92,6 +92,7 @@ impl SqliteStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
         }
+        make_private(path)?;
         let conn = Connection::open(path).map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
@@ -124,6 +125,30 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+}
+
+/// The database holds sealed keys, audit and usage: readable by its owner only, like the master
+/// key beside it. A new file is created 0600 before SQLite opens it (SQLite gives its WAL and
+/// shared-memory files the database file's mode); an existing one is narrowed to 0600.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    let fail = |e: std::io::Error| StoreError::Unavailable(format!("cannot make {} private: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path).map_err(fail)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(fail)?;
+                }
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = fail;
+    Ok(())
 }
 
 pub(super) fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -670,5 +695,35 @@ impl AuditLog for SqliteStore {
                 .map_err(unavailable)
         })
         .await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_and_its_log_are_readable_by_the_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.db");
+        let store = SqliteStore::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        for companion in ["fresh.db-wal", "fresh.db-shm"] {
+            assert_eq!(mode(&dir.path().join(companion)), 0o600, "{companion}");
+        }
+        drop(store);
+
+        // A file an older version left world-readable is narrowed when it is opened.
+        let older = dir.path().join("older.db");
+        std::fs::write(&older, b"").unwrap();
+        std::fs::set_permissions(&older, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = SqliteStore::open(&older).unwrap();
+        assert_eq!(mode(&older), 0o600);
     }
 }
