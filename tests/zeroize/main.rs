@@ -253,13 +253,11 @@ fn key_material_read_from_json_leaves_no_copy() {
     assert_eq!(copies, 0, "reading key material from JSON left {copies} freed blocks holding the key");
 }
 
-/// A known gap: serde_json unescapes a string that holds an escape (`\"`, `\\`, a control
-/// character) in a scratch buffer of its own, which it frees without zeroizing. Both
-/// `Credentials::from_plaintext` (every vault's open) and `KeyMaterial`'s `Deserialize` (request
-/// bodies) go through it. Provider API keys do not normally hold such characters; a secret field
-/// that does (a password, say) leaves one copy. Run with `--ignored` to see it.
+/// serde_json unescapes a string that holds an escape (`\"`, `\\`, a control character) in a
+/// scratch buffer of its own, which it frees without zeroizing; `Credentials::from_plaintext`
+/// (every vault's open) therefore reads values in place and unescapes them itself. A request
+/// body's `KeyMaterial` still goes through serde_json (the body is an HTTP-layer copy anyway).
 #[test]
-#[ignore = "known gap (SECURITY.md K2): serde_json's scratch buffer keeps values that hold JSON escapes"]
 fn values_with_json_escapes_leave_no_copy() {
     let key = canary("pass\\\"word-");
     let marker = marker_of(&key).to_owned();

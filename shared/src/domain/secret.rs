@@ -110,17 +110,69 @@ impl Credentials {
     }
 
     /// Reverse of [`Credentials::to_plaintext`]; `None` if the bytes are not such an object.
+    ///
+    /// The values are read from the JSON text in place and unescaped here: serde_json would
+    /// unescape a value holding `"` or `\` in a scratch buffer that it frees without wiping.
     pub fn from_plaintext(plaintext: &[u8]) -> Option<Credentials> {
-        let mut map: BTreeMap<String, String> = serde_json::from_slice(plaintext).ok()?;
-        let credentials =
-            Credentials(std::mem::take(&mut map).into_iter().map(|(field, value)| (field, KeyMaterial::new(value))).collect());
-        Some(credentials)
+        let raw: BTreeMap<String, &serde_json::value::RawValue> = serde_json::from_slice(plaintext).ok()?;
+        raw.into_iter().map(|(field, value)| Some((field, KeyMaterial::new(unescape_json_string(value.get())?)))).collect()
     }
 
     /// Every secret value, for redacting answers and errors.
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {
         self.0.values().map(|v| v.expose()).filter(|v| !v.is_empty())
     }
+}
+
+/// The value of a JSON string literal (`"..."`, already validated by serde_json), written into a
+/// buffer sized for it up front so that it never grows; `None` for anything but a string.
+fn unescape_json_string(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = Zeroizing::new(Vec::with_capacity(inner.len()));
+    let mut bytes = inner.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte != b'\\' {
+            out.push(byte);
+            continue;
+        }
+        let unescaped = match bytes.next()? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let first = hex4(&mut bytes)?;
+                let code = if (0xD800..0xDC00).contains(&first) {
+                    // A high surrogate must be followed by `\u` and a low one.
+                    if bytes.next()? != b'\\' || bytes.next()? != b'u' {
+                        return None;
+                    }
+                    let second = hex4(&mut bytes)?;
+                    if !(0xDC00..0xE000).contains(&second) {
+                        return None;
+                    }
+                    0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+                } else {
+                    first
+                };
+                char::from_u32(code)?
+            }
+            _ => return None,
+        };
+        let mut encoded = [0u8; 4];
+        out.extend_from_slice(unescaped.encode_utf8(&mut encoded).as_bytes());
+        encoded.zeroize();
+    }
+    // Valid UTF-8 in, whole characters out: the conversion reuses the buffer without a copy.
+    String::from_utf8(std::mem::take(&mut *out)).map_err(|e| drop(Zeroizing::new(e.into_bytes()))).ok()
+}
+
+fn hex4(bytes: &mut std::str::Bytes<'_>) -> Option<u32> {
+    (0..4).try_fold(0u32, |code, _| Some(code * 16 + char::from(bytes.next()?).to_digit(16)?))
 }
 
 impl FromIterator<(String, KeyMaterial)> for Credentials {
@@ -146,6 +198,19 @@ impl Zeroize for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_json_escape_reads_back_as_serde_json_reads_it() {
+        for literal in
+            [r#""plain""#, r#""q\"uote\\back\/slash""#, r#""\b\f\n\r\t""#, r#""\u00e9\u4e2d\ud83d\ude00""#, r#""é中😀""#, r#""""#]
+        {
+            let expected: String = serde_json::from_str(literal).unwrap();
+            assert_eq!(unescape_json_string(literal).as_deref(), Some(expected.as_str()), "{literal}");
+        }
+        for malformed in [r#""\ud83d""#, r#""\ud83d\u0041""#, r#""\x""#, r#""\u12""#, "17", "null", r#""open"#] {
+            assert_eq!(unescape_json_string(malformed), None, "{malformed}");
+        }
+    }
 
     #[test]
     fn plaintext_round_trips_with_escapes() {

@@ -55,13 +55,15 @@ fn unavailable<E: std::error::Error + aws_sdk_secretsmanager::error::ProvideErro
     VaultError::Unavailable(what)
 }
 
-/// The secret's value: the binding it belongs to and the credential fields.
+/// The secret's value: the binding it belongs to and the credential fields, left as JSON text
+/// for `Credentials::from_plaintext` (which unescapes them without an unwiped copy).
 #[derive(Deserialize)]
-struct Stored {
+struct Stored<'a> {
     workspace: String,
     key_id: String,
     version: u32,
-    credentials: std::collections::BTreeMap<String, String>,
+    #[serde(borrow)]
+    credentials: &'a serde_json::value::RawValue,
 }
 
 /// The (secret name, version id) a sealed reference names.
@@ -235,14 +237,12 @@ impl KeyVault for SecretsManagerVault {
                 _ => unavailable(e),
             })?;
         let text = Zeroizing::new(out.secret_string.unwrap_or_default());
-        let mut stored: Stored =
-            serde_json::from_str(&text).map_err(|_| VaultError::Corrupt("the secret's value is not a credential set".into()))?;
+        let not_credentials = || VaultError::Corrupt("the secret's value is not a credential set".into());
+        let stored: Stored = serde_json::from_str(&text).map_err(|_| not_credentials())?;
         if stored.workspace != binding.workspace || stored.key_id != binding.key_id || stored.version != binding.version {
             return Err(VaultError::NotBound);
         }
-        let credentials =
-            std::mem::take(&mut stored.credentials).into_iter().map(|(field, value)| (field, KeyMaterial::new(value))).collect();
-        Ok(credentials)
+        Credentials::from_plaintext(stored.credentials.get().as_bytes()).ok_or_else(not_credentials)
     }
 
     /// Like `seal`, but staged `AWSPENDING` (Secrets Manager moves the label off a pending
