@@ -3,19 +3,12 @@
 
 use serde_json::json;
 use stockpulse_tests::{ServerOptions, TestServer, canary};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::{all_keys, create_openai, openai_key};
 
 #[tokio::test]
 async fn every_operation_writes_one_complete_entry() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/models"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
-        .mount(&upstream)
-        .await;
+    let upstream = crate::provider_listing_no_models().await;
     let server = TestServer::start_with(ServerOptions::default().upstream("openai", &upstream.uri())).await;
     let admin = server.token("admin", "ws-audit-1").await;
     let key = openai_key();

@@ -58,6 +58,20 @@ pub const KEY_RECORD_FIELDS: [&str; 13] = [
     "warnings",
 ];
 
+/// A fake provider on loopback whose `GET /models` (OpenAI's test request) answers 200 with an
+/// empty list, as a valid key's test does.
+pub async fn provider_listing_no_models() -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
+        .mount(&upstream)
+        .await;
+    upstream
+}
+
 /// A valid OpenAI key shape with a canary body.
 pub fn openai_key() -> String {
     canary("sk-proj-")

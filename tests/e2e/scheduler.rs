@@ -145,12 +145,7 @@ async fn the_local_gateway_runs_the_job_on_its_interval_and_admins_alone_trigger
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_does_bounded_work_and_the_next_one_continues_where_it_stopped() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/models"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
-        .mount(&upstream)
-        .await;
+    let upstream = crate::provider_listing_no_models().await;
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let options = ServerOptions { clock: Some(clock.clone()), ..Default::default() }
         .upstream("openai", &upstream.uri())
@@ -203,12 +198,7 @@ async fn a_run_does_bounded_work_and_the_next_one_continues_where_it_stopped() {
 /// notifications and audit trail untouched until that workspace's own admin runs the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_run_leaves_other_workspaces_alone() {
-    let upstream = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/models"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": []})))
-        .mount(&upstream)
-        .await;
+    let upstream = crate::provider_listing_no_models().await;
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let server =
         TestServer::start_with(ServerOptions { clock: Some(clock.clone()), ..Default::default() }.upstream("openai", &upstream.uri()))
