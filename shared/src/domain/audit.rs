@@ -300,6 +300,11 @@ impl ChainVerifier {
         self.last_hash = Some(entry.hash.clone());
     }
 
+    /// The sequence number of the last entry fed that linked correctly (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
     /// `head` is the (seq, hash) the store recorded for the newest entry.
     pub fn finish(self, head: Option<(u64, String)>) -> ChainReport {
         let failure = self.failure.or_else(|| match head {
