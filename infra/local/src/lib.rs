@@ -49,6 +49,15 @@ pub struct Gateway {
     pub connect_extra: Vec<String>,
 }
 
+impl Gateway {
+    /// Locally issued tokens come only from dev sign-in: with dev mode off (and no external
+    /// issuer) there is no way to sign in, and the tokens dev mode gave out end with it (their
+    /// secret file stays in the data folder).
+    pub fn has_no_sign_in(&self) -> bool {
+        self.tokens.can_mint() && !self.dev
+    }
+}
+
 /// The axum router: `/api/*` through the shared handlers, everything else static files.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -97,9 +106,7 @@ async fn api(State(gateway): State<Arc<Gateway>>, request: Request) -> Response 
             return to_axum(dev_login::handle(&gateway, &parts.headers, &bytes, &request_id));
         }
         if let Access::AtLeast(_) = route.access {
-            // Locally issued tokens come only from dev sign-in: turning dev mode off ends them
-            // all, not only the sign-in route (their secret file stays in the data folder).
-            if gateway.tokens.can_mint() && !gateway.dev {
+            if gateway.has_no_sign_in() {
                 let error = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "no_sign_in",

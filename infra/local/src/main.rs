@@ -111,7 +111,7 @@ async fn run(args: Args, config: Config) -> Result<(), Box<dyn std::error::Error
         data_dir = %config.data_dir.display(),
         "StockPulse Keys is running at http://{addr}/"
     );
-    if gateway.tokens.can_mint() && !gateway.dev {
+    if gateway.has_no_sign_in() {
         tracing::warn!("no sign-in: dev mode is off and no JWKS issuer is set, so every protected route answers 401 (no_sign_in)");
     }
     serve(listener, gateway, shutdown_signal()).await?;

@@ -159,10 +159,9 @@ impl Injection {
     /// The template with the key in place of every `{value}`, in a buffer sized up front and
     /// zeroized on drop: `str::replace` grows its output and would leave pieces of the key behind.
     pub fn fill(&self, value: &str) -> zeroize::Zeroizing<String> {
-        let pieces: Vec<&str> = self.template.split("{value}").collect();
-        let capacity = self.template.len() + pieces.len().saturating_sub(1) * value.len();
+        let capacity = self.template.len() + self.template.matches("{value}").count() * value.len();
         let mut filled = zeroize::Zeroizing::new(String::with_capacity(capacity));
-        for (i, piece) in pieces.iter().enumerate() {
+        for (i, piece) in self.template.split("{value}").enumerate() {
             if i > 0 {
                 filled.push_str(value);
             }
